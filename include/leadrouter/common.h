@@ -1,0 +1,24 @@
+/* common.h - tiny shared definitions: string slices and attribute macros. */
+#ifndef LEADROUTER_COMMON_H
+#define LEADROUTER_COMMON_H
+
+#include <stdint.h>
+#include <string.h>
+
+/* Results that must be checked. */
+#define LR_WUR __attribute__((warn_unused_result))
+
+/* A byte string that is not NUL-terminated. It never owns its bytes: it
+ * points into whatever buffer holds the data (a decoded lead, a table). */
+struct lr_str {
+    const char *p;
+    uint32_t len;
+};
+
+static inline int lr_str_eq(struct lr_str a, const char *s)
+{
+    size_t n = strlen(s);
+    return a.len == n && (n == 0 || memcmp(a.p, s, n) == 0);
+}
+
+#endif

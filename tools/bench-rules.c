@@ -1,0 +1,5 @@
+/* bench-rules.c - stub */
+int main(void)
+{
+    return 0;
+}
