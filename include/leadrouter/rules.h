@@ -96,6 +96,7 @@ struct rules_decision {
     uint32_t picked[RULES_MAX_BUYERS]; /* dealer indexes, in pick order */
     uint32_t n_picked;
     int picked_stage;
+    double *sortkey; /* working memory of rules_pick (scratch) */
 };
 
 /* Per-thread working memory sized for one table. */

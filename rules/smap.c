@@ -1,0 +1,166 @@
+/* smap.c - immutable open-addressing hash map, see smap.h. */
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smap.h"
+
+struct smap_item {
+    uint16_t ns;
+    uint16_t klen;
+    uint32_t koff;
+    uint32_t val;
+    uint64_t hash;
+};
+
+/* FNV-1a over the namespace then the key; never 0 (0 marks empty). */
+static uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    h = (h ^ (ns & 0xff)) * 0x100000001b3ULL;
+    h = (h ^ (ns >> 8)) * 0x100000001b3ULL;
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    return h ? h : 1;
+}
+
+int smap_builder_add(struct smap_builder *b, uint16_t ns, const char *key, size_t len, uint32_t val)
+{
+    if (len > SMAP_MAX_KEY)
+        return -1;
+    if (b->n == b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 64;
+        struct smap_item *ni = realloc(b->items, nc * sizeof *ni);
+        if (!ni)
+            return -1;
+        b->items = ni;
+        b->cap = nc;
+    }
+    if (b->klen + len > b->kcap) {
+        size_t nc = b->kcap ? b->kcap * 2 : 1024;
+        while (nc < b->klen + len)
+            nc *= 2;
+        char *nk = realloc(b->keys, nc);
+        if (!nk)
+            return -1;
+        b->keys = nk;
+        b->kcap = nc;
+    }
+    memcpy(b->keys + b->klen, key, len);
+    b->items[b->n++] = (struct smap_item){.ns = ns, .klen = (uint16_t)len, .koff = (uint32_t)b->klen,
+                                          .val = val, .hash = smap_hash(ns, key, len)};
+    b->klen += len;
+    return 0;
+}
+
+static const char *sort_keys; /* only during smap_build's qsort */
+
+static int item_cmp(const void *a, const void *b)
+{
+    const struct smap_item *x = a, *y = b;
+    if (x->hash != y->hash)
+        return x->hash < y->hash ? -1 : 1;
+    if (x->ns != y->ns)
+        return x->ns < y->ns ? -1 : 1;
+    if (x->klen != y->klen)
+        return x->klen < y->klen ? -1 : 1;
+    int c = memcmp(sort_keys + x->koff, sort_keys + y->koff, x->klen);
+    if (c)
+        return c;
+    return x->val < y->val ? -1 : x->val > y->val;
+}
+
+static bool same_key(const struct smap_item *x, const struct smap_item *y, const char *keys)
+{
+    return x->hash == y->hash && x->ns == y->ns && x->klen == y->klen &&
+           memcmp(keys + x->koff, keys + y->koff, x->klen) == 0;
+}
+
+int smap_build(struct smap *m, struct smap_builder *b)
+{
+    memset(m, 0, sizeof *m);
+    sort_keys = b->keys;
+    if (b->n)
+        qsort(b->items, b->n, sizeof *b->items, item_cmp);
+    size_t nkeys = 0;
+    for (size_t i = 0; i < b->n; i++)
+        if (i == 0 || !same_key(&b->items[i - 1], &b->items[i], b->keys))
+            nkeys++;
+    uint32_t size = 16;
+    while (size < nkeys * 2)
+        size <<= 1;
+    m->slots = calloc(size, sizeof *m->slots);
+    m->vals = malloc((b->n ? b->n : 1) * sizeof *m->vals);
+    m->keys = malloc(b->klen ? b->klen : 1);
+    if (!m->slots || !m->vals || !m->keys) {
+        smap_free(m);
+        return -1;
+    }
+    m->mask = size - 1;
+    if (b->klen)
+        memcpy(m->keys, b->keys, b->klen);
+    uint32_t nv = 0;
+    for (size_t i = 0; i < b->n;) {
+        size_t j = i;
+        struct smap_slot s = {.hash = b->items[i].hash, .koff = b->items[i].koff, .klen = b->items[i].klen,
+                              .ns = b->items[i].ns, .voff = nv};
+        for (; j < b->n && same_key(&b->items[i], &b->items[j], b->keys); j++)
+            if (j == i || b->items[j].val != b->items[j - 1].val)
+                m->vals[nv++] = b->items[j].val;
+        s.vlen = nv - s.voff;
+        uint32_t p = (uint32_t)s.hash & m->mask;
+        while (m->slots[p].hash)
+            p = (p + 1) & m->mask;
+        m->slots[p] = s;
+        i = j;
+    }
+    smap_builder_free(b);
+    return 0;
+}
+
+void smap_builder_free(struct smap_builder *b)
+{
+    free(b->items);
+    free(b->keys);
+    memset(b, 0, sizeof *b);
+}
+
+void smap_free(struct smap *m)
+{
+    free(m->slots);
+    free(m->keys);
+    free(m->vals);
+    memset(m, 0, sizeof *m);
+}
+
+const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n)
+{
+    *n = 0;
+    if (!m->slots)
+        return NULL;
+    uint64_t h = smap_hash(ns, key, len);
+    for (uint32_t p = (uint32_t)h & m->mask;; p = (p + 1) & m->mask) {
+        const struct smap_slot *s = &m->slots[p];
+        if (!s->hash)
+            return NULL;
+        if (s->hash == h && s->ns == ns && s->klen == len && memcmp(m->keys + s->koff, key, len) == 0) {
+            *n = s->vlen;
+            return m->vals + s->voff;
+        }
+    }
+}
+
+int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (strip && c == ' ')
+            continue;
+        if (o == SMAP_MAX_KEY)
+            return -1;
+        buf[o++] = (char)(upper ? toupper(c) : tolower(c));
+    }
+    return (int)o;
+}

@@ -1,0 +1,53 @@
+/* smap.h - (private to rules/) an immutable hash map from (namespace, key
+ * bytes) to a sorted list of uint32 values. Built once from a list of
+ * (ns, key, value) triples; lookups do no allocation. Used for the
+ * territory index (zips, prefixes, states, grid cells) and for niche
+ * classification (names, sources, keywords). */
+#ifndef LEADROUTER_RULES_SMAP_H
+#define LEADROUTER_RULES_SMAP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct smap_slot {
+    uint64_t hash;  /* 0 = empty */
+    uint32_t koff;  /* key bytes in keys[] */
+    uint32_t voff;  /* values in vals[] */
+    uint32_t vlen;
+    uint16_t klen;
+    uint16_t ns;
+};
+
+struct smap {
+    struct smap_slot *slots;
+    uint32_t mask;
+    char *keys;
+    uint32_t *vals;
+};
+
+/* Collects triples before the build. */
+struct smap_builder {
+    struct smap_item *items;
+    size_t n, cap;
+    char *keys;
+    size_t klen, kcap;
+};
+
+#define SMAP_MAX_KEY 128
+
+int smap_builder_add(struct smap_builder *b, uint16_t ns, const char *key, size_t len, uint32_t val);
+/* Builds m from b (values of one key sorted ascending, duplicates dropped)
+ * and empties b. 0, or -1 when out of memory. */
+int smap_build(struct smap *m, struct smap_builder *b);
+void smap_builder_free(struct smap_builder *b);
+void smap_free(struct smap *m);
+
+/* The values of (ns, key), or NULL with *n = 0. */
+const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n);
+
+/* Copies s into buf (SMAP_MAX_KEY bytes) lower- or upper-cased, dropping
+ * spaces when strip is set; returns the length, or -1 if too long. */
+int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip);
+
+#endif

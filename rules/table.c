@@ -1,0 +1,345 @@
+/* table.c - building, compiling and freeing the routing table. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct rules_table *rules_table_new(void)
+{
+    return calloc(1, sizeof(struct rules_table));
+}
+
+/* Appends one zeroed element of size sz to *arr (holding *n). */
+static void *append(void **arr, uint32_t *n, size_t sz)
+{
+    /* Grow by doubling: capacity is implicit (next power of two >= n). */
+    uint32_t cap = 1;
+    while (cap < *n)
+        cap <<= 1;
+    if (*n == 0 || *n == cap) {
+        uint32_t ncap = *n ? cap * 2 : 4;
+        void *na = realloc(*arr, (size_t)ncap * sz);
+        if (!na)
+            return NULL;
+        *arr = na;
+    }
+    void *e = (char *)*arr + (size_t)(*n) * sz;
+    memset(e, 0, sz);
+    (*n)++;
+    return e;
+}
+
+struct rules_niche *rules_add_niche(struct rules_table *t)
+{
+    return append((void **)&t->niches, &t->n_niches, sizeof *t->niches);
+}
+
+struct rules_dealer *rules_add_dealer(struct rules_table *t)
+{
+    struct rules_dealer *d = append((void **)&t->dealers, &t->n_dealers, sizeof *t->dealers);
+    if (d) {
+        d->tier = 1;
+        d->weight = 1;
+    }
+    return d;
+}
+
+struct rules_grade *rules_add_grade(struct rules_table *t)
+{
+    return append((void **)&t->grades, &t->n_grades, sizeof *t->grades);
+}
+
+struct rules_weight *rules_add_weight(struct rules_table *t)
+{
+    return append((void **)&t->weights, &t->n_weights, sizeof *t->weights);
+}
+
+int rules_add_tz(struct rules_table *t, struct lr_tz *tz)
+{
+    struct lr_tz **slot = append((void **)&t->tzs, &t->n_tzs, sizeof *t->tzs);
+    if (!slot)
+        return -1;
+    *slot = tz;
+    return (int)(t->n_tzs - 1);
+}
+
+int rules_find_tz(const struct rules_table *t, const char *name)
+{
+    for (uint32_t i = 0; i < t->n_tzs; i++)
+        if (strcmp(t->tzs[i]->name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+const char *rules_intern_file(struct rules_table *t, const char *path)
+{
+    for (uint32_t i = 0; i < t->n_files; i++)
+        if (strcmp(t->files[i], path) == 0)
+            return t->files[i];
+    char *copy = strdup(path);
+    char **slot = copy ? append((void **)&t->files, &t->n_files, sizeof *t->files) : NULL;
+    if (!slot) {
+        free(copy);
+        return NULL;
+    }
+    *slot = copy;
+    return copy;
+}
+
+int rules_niche_find(const struct rules_table *t, const char *name, size_t len)
+{
+    if (t->compiled) {
+        uint32_t n;
+        const uint32_t *v = smap_get(&t->cls->names, 0, name, len, &n);
+        return n ? (int)v[0] : -1;
+    }
+    for (uint32_t i = 0; i < t->n_niches; i++)
+        if (strlen(t->niches[i].name) == len && memcmp(t->niches[i].name, name, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+int rules_dealer_find(const struct rules_table *t, const char *id, size_t len)
+{
+    for (uint32_t i = 0; i < t->n_dealers; i++)
+        if (strlen(t->dealers[i].id) == len && memcmp(t->dealers[i].id, id, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+int rules_grade_find(const struct rules_table *t, const char *name, size_t len)
+{
+    for (uint32_t i = 0; i < t->n_grades; i++)
+        if (strlen(t->grades[i].name) == len && memcmp(t->grades[i].name, name, len) == 0)
+            return (int)i;
+    return -1;
+}
+
+static void free_strv(char **v, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static void free_filter(struct rules_filter *f)
+{
+    free(f->path);
+    free(f->key);
+    for (uint32_t i = 0; i < f->n_vals; i++)
+        if (f->vals[i].type == LEAD_V_STR)
+            free((char *)f->vals[i].s.p);
+    free(f->vals);
+}
+
+static void classify_free(struct rules_classify *c)
+{
+    if (!c)
+        return;
+    smap_free(&c->names);
+    smap_free(&c->sources);
+    smap_free(&c->keywords);
+    free(c);
+}
+
+void rules_table_free(struct rules_table *t)
+{
+    if (!t)
+        return;
+    for (uint32_t i = 0; i < t->n_niches; i++) {
+        struct rules_niche *n = &t->niches[i];
+        free(n->name);
+        free_strv(n->sources, n->n_sources);
+        free_strv(n->keywords, n->n_keywords);
+        free(n->members);
+    }
+    free(t->niches);
+    for (uint32_t i = 0; i < t->n_dealers; i++) {
+        struct rules_dealer *d = &t->dealers[i];
+        free(d->id);
+        free(d->name);
+        free(d->niches);
+        free(d->rr_slots);
+        free_strv(d->states, d->n_states);
+        free_strv(d->zips, d->n_zips);
+        free_strv(d->prefixes, d->n_prefixes);
+        for (uint32_t k = 0; k < d->n_filters; k++)
+            free_filter(&d->filters[k]);
+        free(d->filters);
+    }
+    free(t->dealers);
+    for (uint32_t i = 0; i < t->n_grades; i++)
+        free(t->grades[i].name);
+    free(t->grades);
+    for (uint32_t i = 0; i < t->n_weights; i++)
+        free(t->weights[i].signal);
+    free(t->weights);
+    for (uint32_t i = 0; i < t->n_tzs; i++)
+        lr_tz_free(t->tzs[i]);
+    free(t->tzs);
+    free_strv(t->files, t->n_files);
+    if (t->terr) {
+        terr_free(t->terr);
+        free(t->terr);
+    }
+    classify_free(t->cls);
+    free(t);
+}
+
+static const char *where_file(const struct rules_where *w)
+{
+    return w->file ? w->file : "(config)";
+}
+
+static int build_classify(struct rules_table *t)
+{
+    struct smap_builder names = {0}, sources = {0}, keywords = {0};
+    t->cls = calloc(1, sizeof *t->cls);
+    if (!t->cls)
+        return -1;
+    int rc = 0;
+    for (uint32_t i = 0; i < t->n_niches && rc == 0; i++) {
+        const struct rules_niche *n = &t->niches[i];
+        rc |= smap_builder_add(&names, 0, n->name, strlen(n->name), i);
+        for (uint32_t k = 0; k < n->n_sources; k++)
+            rc |= smap_builder_add(&sources, 0, n->sources[k], strlen(n->sources[k]), i);
+        for (uint32_t k = 0; k < n->n_keywords; k++)
+            rc |= smap_builder_add(&keywords, 0, n->keywords[k], strlen(n->keywords[k]), i);
+    }
+    if (rc || smap_build(&t->cls->names, &names) || smap_build(&t->cls->sources, &sources) ||
+        smap_build(&t->cls->keywords, &keywords)) {
+        smap_builder_free(&names);
+        smap_builder_free(&sources);
+        smap_builder_free(&keywords);
+        return -1;
+    }
+    return 0;
+}
+
+/* Duplicate names: sort indexes by name and compare neighbours, so a table
+ * with thousands of dealers compiles in n log n. */
+static const struct rules_table *dup_table;
+
+static int dealer_id_cmp(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    int c = strcmp(dup_table->dealers[x].id, dup_table->dealers[y].id);
+    return c ? c : (x > y) - (x < y);
+}
+
+static int check_duplicates(const struct rules_table *t, char *err, size_t errlen)
+{
+    for (uint32_t i = 0; i < t->n_niches; i++)
+        for (uint32_t j = i + 1; j < t->n_niches; j++)
+            if (strcmp(t->niches[i].name, t->niches[j].name) == 0) {
+                snprintf(err, errlen, "%s:%d: duplicate niche '%s' (first defined at %s:%d)",
+                         where_file(&t->niches[j].where), t->niches[j].where.line, t->niches[j].name,
+                         where_file(&t->niches[i].where), t->niches[i].where.line);
+                return -1;
+            }
+    if (t->n_dealers < 2)
+        return 0;
+    uint32_t *ix = malloc(t->n_dealers * sizeof *ix);
+    if (!ix) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (uint32_t i = 0; i < t->n_dealers; i++)
+        ix[i] = i;
+    dup_table = t;
+    qsort(ix, t->n_dealers, sizeof *ix, dealer_id_cmp);
+    int rc = 0;
+    for (uint32_t i = 1; i < t->n_dealers && rc == 0; i++) {
+        const struct rules_dealer *a = &t->dealers[ix[i - 1]], *b = &t->dealers[ix[i]];
+        if (strcmp(a->id, b->id) == 0) {
+            snprintf(err, errlen, "%s:%d: duplicate dealer id '%s' (first defined at %s:%d)",
+                     where_file(&b->where), b->where.line, b->id, where_file(&a->where), a->where.line);
+            rc = -1;
+        }
+    }
+    free(ix);
+    return rc;
+}
+
+int rules_table_compile(struct rules_table *t, char *err, size_t errlen)
+{
+    if (t->compiled) {
+        snprintf(err, errlen, "routing table compiled twice");
+        return -1;
+    }
+    if (t->n_niches > RULES_MAX_NICHES) {
+        snprintf(err, errlen, "%s:%d: too many niches (%u, at most %d)", where_file(&t->niches[0].where),
+                 t->niches[0].where.line, t->n_niches, RULES_MAX_NICHES);
+        return -1;
+    }
+    if (t->n_grades == 0 || t->n_tzs == 0 || t->default_tz >= t->n_tzs) {
+        snprintf(err, errlen, "routing table has no grades or no default time zone");
+        return -1;
+    }
+    if (check_duplicates(t, err, errlen))
+        return -1;
+    for (uint32_t i = 0; i < t->n_dealers; i++) {
+        const struct rules_dealer *d = &t->dealers[i];
+        const char *f = where_file(&d->where);
+        if (d->tz >= t->n_tzs || d->n_niches == 0 || d->weight < 1 || d->weight > RULES_MAX_WEIGHT ||
+            d->tier < 0 || d->tier > RULES_MAX_TIER) {
+            snprintf(err, errlen, "%s:%d: dealer '%s': invalid niches, weight, tier or time zone", f,
+                     d->where.line, d->id);
+            return -1;
+        }
+        for (uint32_t k = 0; k < d->n_niches; k++)
+            if (d->niches[k] >= t->n_niches) {
+                snprintf(err, errlen, "%s:%d: dealer '%s': bad niche index", f, d->where.line, d->id);
+                return -1;
+            }
+    }
+    /* Niche members in config order, and one rotation slot per membership. */
+    uint32_t slot = 0;
+    for (uint32_t ni = 0; ni < t->n_niches; ni++) {
+        struct rules_niche *n = &t->niches[ni];
+        if (n->max_buyers < 1 || n->max_buyers > RULES_MAX_BUYERS)
+            n->max_buyers = 1;
+        uint32_t cnt = 0;
+        for (uint32_t di = 0; di < t->n_dealers; di++)
+            for (uint32_t k = 0; k < t->dealers[di].n_niches; k++)
+                cnt += t->dealers[di].niches[k] == ni;
+        n->members = malloc((cnt ? cnt : 1) * sizeof *n->members);
+        if (!n->members)
+            goto oom;
+        n->rr_base = slot;
+        n->n_members = 0;
+        slot += cnt;
+    }
+    for (uint32_t di = 0; di < t->n_dealers; di++) {
+        struct rules_dealer *d = &t->dealers[di];
+        d->rr_slots = malloc(d->n_niches * sizeof *d->rr_slots);
+        if (!d->rr_slots)
+            goto oom;
+        for (uint32_t k = 0; k < d->n_niches; k++) {
+            struct rules_niche *n = &t->niches[d->niches[k]];
+            d->rr_slots[k] = n->rr_base + n->n_members;
+            n->members[n->n_members++] = di;
+        }
+    }
+    t->n_rr_slots = slot;
+    t->terr = calloc(1, sizeof *t->terr);
+    if (!t->terr || terr_build(t->terr, t))
+        goto oom;
+    if (build_classify(t))
+        goto oom;
+    t->compiled = true;
+    return 0;
+oom:
+    snprintf(err, errlen, "out of memory compiling the routing table");
+    return -1;
+}
+
+int rules_rr_slot(const struct rules_table *t, uint32_t dealer, uint32_t niche)
+{
+    const struct rules_dealer *d = &t->dealers[dealer];
+    for (uint32_t k = 0; k < d->n_niches; k++)
+        if (d->niches[k] == niche)
+            return (int)d->rr_slots[k];
+    return -1;
+}
