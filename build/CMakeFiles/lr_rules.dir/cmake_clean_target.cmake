@@ -1,3 +1,0 @@
-file(REMOVE_RECURSE
-  "liblr_rules.a"
-)
