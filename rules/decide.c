@@ -14,8 +14,13 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
         return NULL;
     uint32_t n = t->n_dealers ? t->n_dealers : 1;
     s->n_dealers = t->n_dealers;
-    s->stamp = calloc(n, sizeof *s->stamp);
-    s->pos = calloc(n, sizeof *s->pos);
+    s->rad_a = calloc(n, sizeof *s->rad_a);
+    s->rad_b = calloc(n, sizeof *s->rad_b);
+    s->mrg_a = calloc(n, sizeof *s->mrg_a);
+    s->mrg_b = calloc(n, sizeof *s->mrg_b);
+    s->n_fkeys = t->n_fkeys;
+    s->fgen = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fgen);
+    s->fval = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fval);
     s->verdicts = calloc(n, sizeof *s->verdicts);
     s->cand = calloc(n, sizeof *s->cand);
     s->key = calloc(n, sizeof *s->key);
@@ -23,7 +28,7 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->tmpv = calloc(n, sizeof *s->tmpv);
     s->n_tzs = t->n_tzs;
     s->tzc = calloc(t->n_tzs ? t->n_tzs : 1, sizeof *s->tzc);
-    if (!s->stamp || !s->pos || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
+    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
         rules_scratch_free(s);
         return NULL;
     }
@@ -36,8 +41,12 @@ void rules_scratch_free(struct rules_scratch *s)
 {
     if (!s)
         return;
-    free(s->stamp);
-    free(s->pos);
+    free(s->rad_a);
+    free(s->rad_b);
+    free(s->mrg_a);
+    free(s->mrg_b);
+    free(s->fgen);
+    free(s->fval);
     free(s->verdicts);
     free(s->cand);
     free(s->key);
@@ -104,7 +113,8 @@ static int score_of(const struct rules_table *t, const struct lead *l, bool *com
     double sum = 0;
     for (uint32_t i = 0; i < l->n_signals; i++)
         for (uint32_t k = 0; k < t->n_weights; k++)
-            if (lr_str_eq(l->signals[i].key, t->weights[k].signal)) {
+            if (l->signals[i].key.len == t->weights[k].signal_len &&
+                memcmp(l->signals[i].key.p, t->weights[k].signal, t->weights[k].signal_len) == 0) {
                 sum += l->signals[i].v * t->weights[k].w;
                 break;
             }
@@ -148,12 +158,18 @@ static bool value_eq(const struct lead_value *a, const struct lead_value *b)
 }
 
 /* The lead's value for a filter target; false when absent. */
-static bool filter_value(const struct rules_filter *f, const struct lead *l, int score, struct lead_value *out)
+static bool filter_value(const struct rules_table *t, struct rules_scratch *sc, const struct rules_cfilter *f,
+                         const struct lead *l, int score, struct lead_value *out)
 {
     struct lr_str s = {0};
-    switch (f->target) {
+    switch ((enum rules_filter_target)f->target) {
     case FT_FIELD: {
-        const struct lead_field *fl = lead_field_get(l, f->key, (uint32_t)strlen(f->key));
+        if (sc->fgen[f->fid] != sc->dgen) {
+            const char *key = t->fkeys[f->fid];
+            sc->fval[f->fid] = lead_field_get(l, key, (uint32_t)strlen(key));
+            sc->fgen[f->fid] = sc->dgen;
+        }
+        const struct lead_field *fl = sc->fval[f->fid];
         if (!fl)
             return false;
         *out = fl->v;
@@ -170,7 +186,8 @@ static bool filter_value(const struct rules_filter *f, const struct lead *l, int
         s = l->campaign;
         break;
     case FT_COUNTRY:
-        s = l->country;
+        /* Absent: the configured default (SPEC section 2). */
+        s = l->country.len ? l->country : (struct lr_str){t->default_country, (uint32_t)strlen(t->default_country)};
         break;
     case FT_STATE:
         s = l->state;
@@ -188,22 +205,23 @@ static bool filter_value(const struct rules_filter *f, const struct lead *l, int
 
 /* A filter passes or not; an absent value passes only `ne` and
  * `exists = false`. */
-static bool filter_pass(const struct rules_filter *f, const struct lead *l, int score)
+static bool filter_pass(const struct rules_table *t, struct rules_scratch *sc, const struct rules_cfilter *f,
+                        const struct lead *l, int score)
 {
     struct lead_value v;
-    bool has = filter_value(f, l, score, &v);
+    bool has = filter_value(t, sc, f, l, score, &v);
     if (f->op == FOP_EXISTS)
         return has == f->exists;
     if (!has)
         return f->op == FOP_NE;
-    switch (f->op) {
+    switch ((enum rules_filter_op)f->op) {
     case FOP_EQ:
-        return value_eq(&v, &f->vals[0]);
+        return value_eq(&v, &f->val);
     case FOP_NE:
-        return !value_eq(&v, &f->vals[0]);
+        return !value_eq(&v, &f->val);
     case FOP_IN:
-        for (uint32_t i = 0; i < f->n_vals; i++)
-            if (value_eq(&v, &f->vals[i]))
+        for (uint32_t i = 0; i < f->src->n_vals; i++)
+            if (value_eq(&v, &f->src->vals[i]))
                 return true;
         return false;
     case FOP_MIN:
@@ -233,11 +251,9 @@ bool rules_hours_open(const struct rules_hours *h, int wday, int mod)
     return (today && mod >= h->from) || (yesterday && mod < h->to);
 }
 
-static bool open_now(const struct rules_table *t, struct rules_scratch *s, const struct rules_dealer *d,
+static bool open_now(const struct rules_table *t, struct rules_scratch *s, const struct rules_hot *d,
                      int64_t now_ms)
 {
-    if (!d->hours.set)
-        return true;
     int64_t now_s = now_ms >= 0 ? now_ms / 1000 : -((-now_ms + 999) / 1000);
     int64_t minute = now_s >= 0 ? now_s / 60 : -((-now_s + 59) / 60);
     struct tz_cache *c = &s->tzc[d->tz];
@@ -248,7 +264,8 @@ static bool open_now(const struct rules_table *t, struct rules_scratch *s, const
         c->wday = cv.wday;
         c->mod = cv.hour * 60 + cv.min;
     }
-    return rules_hours_open(&d->hours, c->wday, c->mod);
+    struct rules_hours h = {.set = true, .days = d->days, .from = d->from, .to = d->to};
+    return rules_hours_open(&h, c->wday, c->mod);
 }
 
 bool rules_dealer_open(const struct rules_table *t, uint32_t dealer, int64_t now_s)
@@ -262,15 +279,16 @@ bool rules_dealer_open(const struct rules_table *t, uint32_t dealer, int64_t now
 }
 
 /* The contract's own verdict (independent of time and state). */
-static enum rules_why contract_check(const struct rules_dealer *d, const struct lead *l, int score, int grade,
-                                     uint16_t *detail)
+static enum rules_why contract_check(const struct rules_table *t, struct rules_scratch *sc, uint32_t di,
+                                     const struct lead *l, int score, int grade, uint16_t *detail)
 {
-    if (score < d->min_score)
+    const struct rules_hot *h = &t->hot[di];
+    if (score < h->min_score)
         return WHY_MIN_SCORE;
-    if (d->grades && !(d->grades & (1u << grade)))
+    if (h->grades && !(h->grades & (1u << grade)))
         return WHY_GRADE;
-    for (uint32_t i = 0; i < d->n_filters; i++)
-        if (!filter_pass(&d->filters[i], l, score)) {
+    for (uint32_t i = 0; i < h->n_filt; i++)
+        if (!filter_pass(t, sc, i == 0 ? &h->cf0 : &t->cfilters[h->filt_off + i - 1], l, score)) {
             *detail = (uint16_t)i;
             return WHY_FILTER;
         }
@@ -286,29 +304,48 @@ static int u64_cmp(const void *a, const void *b)
 
 static void sort_u64(uint64_t *k, uint32_t n)
 {
-    if (n > 24) {
+    if (n > 512) {
         qsort(k, n, sizeof *k, u64_cmp);
         return;
     }
-    for (uint32_t i = 1; i < n; i++) {
-        uint64_t x = k[i];
-        uint32_t j = i;
-        for (; j > 0 && k[j - 1] > x; j--)
-            k[j] = k[j - 1];
-        k[j] = x;
+    /* Shell sort (Ciura's gaps): no calls, good on the short, partly
+     * sorted runs the index returns. */
+    static const uint32_t gaps[] = {301, 132, 57, 23, 10, 4, 1};
+    for (size_t g = 0; g < sizeof gaps / sizeof *gaps; g++) {
+        uint32_t gap = gaps[g];
+        for (uint32_t i = gap; i < n; i++) {
+            uint64_t x = k[i];
+            uint32_t j = i;
+            for (; j >= gap && k[j - gap] > x; j -= gap)
+                k[j] = k[j - gap];
+            k[j] = x;
+        }
     }
 }
 
-/* Puts the territory hits in config (dealer index) order. */
-static void sort_verdicts(struct rules_scratch *s, uint32_t n)
+/* Orders candidate keys by (stage, tier), keeping config order within:
+ * a counting sort when the tiers span little, else a comparison sort. */
+static void sort_cands(struct rules_scratch *s, uint32_t n)
 {
-    uint64_t *k = s->ord;
+    uint32_t lo = UINT32_MAX, hi = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint32_t tier = (uint32_t)(s->ord[i] >> 32) & 0x3fffffff;
+        lo = tier < lo ? tier : lo;
+        hi = tier > hi ? tier : hi;
+    }
+    if (hi - lo >= 32) {
+        sort_u64(s->ord, n);
+        return;
+    }
+    uint32_t count[65] = {0};
     for (uint32_t i = 0; i < n; i++)
-        k[i] = (uint64_t)s->verdicts[i].dealer << 32 | i;
-    sort_u64(k, n);
+        count[1 + ((s->ord[i] >> 62) * 32 + (((s->ord[i] >> 32) & 0x3fffffff) - lo))]++;
+    for (int b = 1; b < 65; b++)
+        count[b] += count[b - 1];
+    uint64_t *out = s->mrg_a; /* free again once terr_lookup is done */
     for (uint32_t i = 0; i < n; i++)
-        s->tmpv[i] = s->verdicts[(uint32_t)k[i]];
-    memcpy(s->verdicts, s->tmpv, n * sizeof *s->verdicts);
+        out[count[(s->ord[i] >> 62) * 32 + (((s->ord[i] >> 32) & 0x3fffffff) - lo)]++] = s->ord[i];
+    memcpy(s->ord, out, n * sizeof *out);
 }
 
 static bool excluded(const struct rules_input *in, uint32_t d)
@@ -319,14 +356,26 @@ static bool excluded(const struct rules_input *in, uint32_t d)
     return false;
 }
 
+void rules_prefetch(const struct rules_table *t, const struct lead *l)
+{
+    enum rules_how how;
+    int niche = classify(t, l, &how);
+    if (niche >= 0)
+        terr_prefetch(t->terr, (uint32_t)niche, l);
+}
+
 void rules_decide(const struct rules_table *t, struct rules_scratch *s, const struct lead *l,
                   const struct rules_input *in, struct rules_decision *d)
 {
-    memset(d, 0, sizeof *d);
+    d->reason = REASON_ASSIGNED;
     d->verdicts = s->verdicts;
+    d->n_verdicts = 0;
     d->cand = s->cand;
-    d->sortkey = s->key;
+    d->stage_end[0] = d->stage_end[1] = 0;
+    d->n_picked = 0;
     d->picked_stage = -1;
+    d->owners = d->hold = false;
+    d->sortkey = s->key;
     d->niche = classify(t, l, &d->how);
     d->score = score_of(t, l, &d->score_computed);
     d->grade = grade_of(t, d->score);
@@ -336,69 +385,76 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
         return;
     }
     /* Step 5: dealers whose territory covers the lead, from the index. */
-    if (++s->gen == 0) {
-        memset(s->stamp, 0, s->n_dealers * sizeof *s->stamp);
-        s->gen = 1;
-    }
-    struct terr_hits h = {.stamp = s->stamp, .gen = s->gen, .pos = s->pos, .v = s->verdicts};
+    if (l->has_geo)
+        rules_geo_point(l->lat, l->lon, d->geo);
+    struct terr_hits h = {.u = d->geo, .hot = t->hot, .rr_base = (uint32_t)d->niche * t->n_dealers, .rad_a = s->rad_a, .rad_b = s->rad_b,
+                          .mrg_a = s->mrg_a, .mrg_b = s->mrg_b,
+                          .v = s->verdicts};
     terr_lookup(t->terr, t, (uint32_t)d->niche, l, &h);
     d->n_verdicts = h.n;
-    if (h.n > 1)
-        sort_verdicts(s, h.n);
+    if (++s->dgen == 0) { /* wrapped: forget every memo */
+        memset(s->fgen, 0, s->n_fkeys * sizeof *s->fgen);
+        s->dgen = 1;
+    }
 
     /* Contract first: it decides ownership (SPEC: an exclusive dealer owns a
      * lead only if its territory covers it and its contract accepts it). */
     int owner_match = MATCH_NONE;
     for (uint32_t i = 0; i < h.n; i++) {
         struct rules_verdict *v = &d->verdicts[i];
-        const struct rules_dealer *dl = &t->dealers[v->dealer];
-        v->why = (uint8_t)contract_check(dl, l, d->score, d->grade, &v->detail);
-        if (v->why == WHY_CANDIDATE && dl->exclusive && v->match > owner_match)
+        v->why = (uint8_t)contract_check(t, s, v->dealer, l, d->score, d->grade, &v->detail);
+        if (v->why == WHY_CANDIDATE && (t->hot[v->dealer].flags & RHOT_EXCLUSIVE) && v->match > owner_match)
             owner_match = v->match;
     }
     /* Owners are the accepting exclusive dealers with the most specific
-     * match (an exclusive zip beats an exclusive state). */
+     * match (an exclusive zip beats an exclusive state). Candidates are then
+     * keyed by (stage, tier, config order) for the sort below. */
+    for (uint32_t i = 0; i < h.n && owner_match != MATCH_NONE; i++) {
+        struct rules_verdict *v = &d->verdicts[i];
+        const struct rules_hot *hd = &t->hot[v->dealer];
+        if (v->why != WHY_CANDIDATE)
+            continue;
+        bool owner = (hd->flags & RHOT_EXCLUSIVE) && v->match == owner_match;
+        v->stage = !owner;
+        if (owner) {
+            d->owners = true;
+            d->hold |= (hd->flags & RHOT_HOLD) != 0;
+        }
+    }
+    uint32_t nc = 0;
+    bool sorted = true;
     for (uint32_t i = 0; i < h.n; i++) {
         struct rules_verdict *v = &d->verdicts[i];
         if (v->why != WHY_CANDIDATE)
             continue;
-        const struct rules_dealer *dl = &t->dealers[v->dealer];
-        bool owner = owner_match != MATCH_NONE && dl->exclusive && v->match == owner_match;
-        if (owner) {
-            d->owners = true;
-            if (dl->overflow == OVERFLOW_HOLD)
-                d->hold = true;
-        }
-        v->stage = owner_match != MATCH_NONE && !owner;
-        if (excluded(in, v->dealer))
+        const struct rules_hot *hd = &t->hot[v->dealer];
+        if (in->n_exclude && excluded(in, v->dealer))
             v->why = WHY_ALREADY_HAD;
         else if (in->paused && in->paused[v->dealer])
             v->why = WHY_PAUSED;
-        else if (!open_now(t, s, dl, in->now_ms))
+        else if ((hd->flags & RHOT_HOURS) && !open_now(t, s, hd, in->now_ms))
             v->why = WHY_CLOSED;
-    }
-    /* Candidates by (stage, tier, config order); verdicts are in config
-     * order already, so their index breaks ties. */
-    uint32_t nc = 0;
-    for (uint32_t i = 0; i < h.n; i++) {
-        struct rules_verdict *v = &d->verdicts[i];
-        if (v->why != WHY_CANDIDATE)
-            continue;
-        if (v->stage == 1 && d->hold) {
-            v->why = WHY_OWNER;
-            continue;
+        else if (v->stage == 1 && d->hold)
+            v->why = WHY_OWNER; /* held for the owners: never released */
+        else
+        {
+            uint64_t key = (uint64_t)v->stage << 62 | (uint64_t)hd->tier << 32 | i;
+            sorted &= nc == 0 || s->ord[nc - 1] <= key;
+            s->ord[nc++] = key;
         }
-        s->ord[nc++] = (uint64_t)v->stage << 62 | (uint64_t)t->dealers[v->dealer].tier << 32 | i;
     }
-    sort_u64(s->ord, nc);
-    for (uint32_t i = 0; i < nc; i++)
-        d->cand[i] = (uint32_t)s->ord[i];
+    /* Verdicts come in config order, so with one tier (the usual case)
+     * the candidates are sorted already. */
+    if (!sorted)
+        sort_cands(s, nc);
     uint32_t n0 = 0;
-    while (n0 < nc && d->verdicts[d->cand[n0]].stage == 0)
-        n0++;
+    for (uint32_t i = 0; i < nc; i++) {
+        uint32_t vi = (uint32_t)s->ord[i];
+        d->cand[i] = vi;
+        n0 += d->verdicts[vi].stage == 0;
+    }
     d->stage_end[0] = n0;
     d->stage_end[1] = nc;
-    d->reason = REASON_ASSIGNED;
     if (nc == 0)
         d->reason = rules_most_telling(d);
 }

@@ -26,12 +26,14 @@ struct rules_classify {
     struct smap keywords; /* lower-cased keyword -> niches (ascending) */
 };
 
-/* Territory hits collected for one lead: one verdict per dealer, keeping the
- * most specific match. */
+/* Territory hits collected for one lead: one verdict per dealer, in config
+ * order, keeping the most specific match. */
 struct terr_hits {
-    uint32_t *stamp; /* per dealer: == gen when already hit */
-    uint32_t gen;
-    uint32_t *pos;   /* per dealer: index into v */
+    const double *u; /* the lead's unit vector, when it has coordinates */
+    const struct rules_hot *hot; /* prefetched for each new hit */
+    uint32_t *rad_a, *rad_b; /* working lists for radius matches */
+    uint64_t *mrg_a, *mrg_b; /* merge buffers: dealer << 8 | match */
+    uint32_t rr_base;        /* niche * n_dealers */
     struct rules_verdict *v;
     uint32_t n;
 };
@@ -40,8 +42,16 @@ int terr_build(struct terr_index *ti, const struct rules_table *t);
 void terr_free(struct terr_index *ti);
 void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint32_t niche, const struct lead *l,
                  struct terr_hits *h);
-/* Does dealer d's radius contain (lat, lon)? */
-bool terr_in_radius(const struct rules_dealer *d, double lat, double lon);
+/* Squared chord between dealer di's radius centre and unit vector u. */
+static inline double terr_chord2(const struct rules_table *t, uint32_t di, const double u[3])
+{
+    const struct rules_hot *g = &t->hot[di];
+    double dx = g->gx - u[0], dy = g->gy - u[1], dz = g->gz - u[2];
+    return dx * dx + dy * dy + dz * dz;
+}
+
+/* Starts loading the index entries a lookup of l in niche will read. */
+void terr_prefetch(const struct terr_index *ti, uint32_t niche, const struct lead *l);
 
 /* Local wall-clock minute and weekday of one zone, cached per minute. */
 struct tz_cache {
@@ -52,9 +62,7 @@ struct tz_cache {
 
 struct rules_scratch {
     uint32_t n_dealers;
-    uint32_t gen;
-    uint32_t *stamp;
-    uint32_t *pos;
+    uint32_t *rad_a, *rad_b;
     struct rules_verdict *verdicts;
     uint32_t *cand;
     double *key;      /* per-candidate sort key for pick */
@@ -62,6 +70,13 @@ struct rules_scratch {
     struct rules_verdict *tmpv;
     uint32_t n_tzs;
     struct tz_cache *tzc;
+    uint64_t *mrg_a, *mrg_b;  /* merge buffers of terr_lookup */
+    /* The lead's value of each interned filter field, looked up at most
+     * once per decision (valid when fgen[i] == dgen). */
+    uint32_t dgen;
+    uint32_t *fgen;
+    const struct lead_field **fval;
+    uint32_t n_fkeys;
 };
 
 /* The most telling unassigned reason of a decision that picked nobody. */

@@ -54,9 +54,10 @@ static void overlap(struct lint *L, uint32_t ni, uint32_t di, const uint32_t *ds
 {
     const struct rules_table *t = L->t;
     for (uint32_t i = 0; i < n; i++) {
-        if (ds[i] == di || !t->dealers[ds[i]].exclusive || seen_pair(L, ni, di, ds[i]))
+        uint32_t dj = ds[i];
+        if (dj == di || !t->dealers[dj].exclusive || seen_pair(L, ni, di, dj))
             continue;
-        const struct rules_dealer *a = &t->dealers[di], *b = &t->dealers[ds[i]];
+        const struct rules_dealer *a = &t->dealers[di], *b = &t->dealers[dj];
         warnf(L, &a->where, "exclusive dealers '%s' and '%s' overlap in niche '%s' (%s %s)", a->id, b->id,
               t->niches[ni].name, what, key);
     }

@@ -6,7 +6,7 @@
 
 #include "internal.h"
 
-static enum rules_why cap_check(const struct rules_dealer *dl, const struct rules_usage *u)
+static enum rules_why cap_check(const struct rules_hot *dl, const struct rules_usage *u)
 {
     if (!u)
         return WHY_CANDIDATE;
@@ -74,9 +74,9 @@ static uint32_t swrr_step(const struct rules_table *t, const struct rules_decisi
     uint32_t best = 0;
     int64_t best_val = 0;
     for (uint32_t i = 0; i < m; i++) {
-        uint32_t dealer = d->verdicts[c[i]].dealer;
-        int64_t w = unit ? 1 : t->dealers[dealer].weight;
-        int slot = rules_rr_slot(t, dealer, (uint32_t)d->niche);
+        const struct rules_verdict *v = &d->verdicts[c[i]];
+        int64_t w = unit ? 1 : t->hot[v->dealer].weight;
+        uint32_t slot = v->rr_slot;
         rr[slot] += w;
         total += w;
         if (i == 0 || rr[slot] > best_val) {
@@ -84,7 +84,7 @@ static uint32_t swrr_step(const struct rules_table *t, const struct rules_decisi
             best_val = rr[slot];
         }
     }
-    rr[rules_rr_slot(t, d->verdicts[c[best]].dealer, (uint32_t)d->niche)] -= total;
+    rr[d->verdicts[c[best]].rr_slot] -= total;
     return best;
 }
 
@@ -115,10 +115,11 @@ static void pick_tier(const struct rules_table *t, struct rules_decision *d, con
     const struct rules_niche *n = &t->niches[d->niche];
     double *key = d->sortkey;
     for (uint32_t i = 0; i < m; i++) {
-        const struct rules_dealer *dl = &t->dealers[d->verdicts[c[i]].dealer];
+        uint32_t di = d->verdicts[c[i]].dealer;
+        const struct rules_hot *dl = &t->hot[di];
         key[i] = 0;
-        if (n->strategy == STRAT_NEAREST)
-            key[i] = dl->has_radius && l->has_geo ? rules_distance_km(l->lat, l->lon, dl->lat, dl->lon) : INFINITY;
+        if (n->strategy == STRAT_NEAREST) /* the chord orders like the great circle */
+            key[i] = (dl->flags & RHOT_RADIUS) && l->has_geo ? terr_chord2(t, di, d->geo) : INFINITY;
         else if (n->strategy == STRAT_LEAST_LOADED) {
             double used = in->usage ? in->usage[d->verdicts[c[i]].dealer].used[PERIOD_DAY] : 0;
             key[i] = dl->caps[PERIOD_DAY] ? used / dl->caps[PERIOD_DAY] : used;
@@ -134,9 +135,9 @@ static void pick_tier(const struct rules_table *t, struct rules_decision *d, con
         c++;
         key++;
         m--;
-        /* min_key's ties must stay "listed first": restore config order of
-         * the rest, which the swap may have disturbed. */
-        for (uint32_t i = 1; i < m; i++)
+        /* Ties must stay "listed first": restore the config order of the
+         * rest, which the swap may have disturbed. */
+        for (uint32_t i = 1; i < m && d->n_picked < k; i++)
             for (uint32_t j = i; j > 0 && c[j - 1] > c[j]; j--) {
                 swap_u32(&c[j - 1], &c[j]);
                 swap_dbl(&key[j - 1], &key[j]);
@@ -154,9 +155,9 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
     for (int stage = 0; stage < 2 && d->n_picked == 0; stage++) {
         uint32_t hi = d->stage_end[stage];
         for (uint32_t i = lo; i < hi;) {
-            int tier = t->dealers[d->verdicts[d->cand[i]].dealer].tier;
+            int tier = t->hot[d->verdicts[d->cand[i]].dealer].tier;
             uint32_t j = i;
-            while (j < hi && t->dealers[d->verdicts[d->cand[j]].dealer].tier == tier)
+            while (j < hi && t->hot[d->verdicts[d->cand[j]].dealer].tier == tier)
                 j++;
             if (d->n_picked < k) {
                 /* Caps before the pick: a capped dealer neither wins nor
@@ -164,7 +165,7 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
                 uint32_t m = 0;
                 for (uint32_t x = i; x < j; x++) {
                     struct rules_verdict *v = &d->verdicts[d->cand[x]];
-                    enum rules_why w = cap_check(&t->dealers[v->dealer], in->usage ? &in->usage[v->dealer] : NULL);
+                    enum rules_why w = cap_check(&t->hot[v->dealer], in->usage ? &in->usage[v->dealer] : NULL);
                     if (w != WHY_CANDIDATE)
                         v->why = (uint8_t)w;
                     else

@@ -1,5 +1,4 @@
 /* smap.c - immutable open-addressing hash map, see smap.h. */
-#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -90,7 +89,9 @@ int smap_build(struct smap *m, struct smap_builder *b)
     uint32_t size = 16;
     while (size < nkeys * 2)
         size <<= 1;
-    m->slots = calloc(size, sizeof *m->slots);
+    m->slots = aligned_alloc(64, size * sizeof *m->slots);
+    if (m->slots)
+        memset(m->slots, 0, size * sizeof *m->slots);
     m->vals = malloc((b->n ? b->n : 1) * sizeof *m->vals);
     m->keys = malloc(b->klen ? b->klen : 1);
     if (!m->slots || !m->vals || !m->keys) {
@@ -103,12 +104,20 @@ int smap_build(struct smap *m, struct smap_builder *b)
     uint32_t nv = 0;
     for (size_t i = 0; i < b->n;) {
         size_t j = i;
-        struct smap_slot s = {.hash = b->items[i].hash, .koff = b->items[i].koff, .klen = b->items[i].klen,
-                              .ns = b->items[i].ns, .voff = nv};
-        for (; j < b->n && same_key(&b->items[i], &b->items[j], b->keys); j++)
+        const struct smap_item *it = &b->items[i];
+        struct smap_slot s = {.hash = it->hash, .klen = (uint8_t)it->klen, .ns = it->ns, .voff = nv};
+        if (it->klen > SMAP_INLINE_KEY)
+            s.koff = it->koff;
+        else
+            memcpy(s.key, b->keys + it->koff, it->klen);
+        for (; j < b->n && same_key(it, &b->items[j], b->keys); j++)
             if (j == i || b->items[j].val != b->items[j - 1].val)
                 m->vals[nv++] = b->items[j].val;
         s.vlen = nv - s.voff;
+        if (s.vlen <= SMAP_INLINE_VALS) {
+            memcpy(s.inl, m->vals + s.voff, s.vlen * sizeof *s.inl);
+            nv = s.voff;
+        }
         uint32_t p = (uint32_t)s.hash & m->mask;
         while (m->slots[p].hash)
             p = (p + 1) & m->mask;
@@ -134,6 +143,15 @@ void smap_free(struct smap *m)
     memset(m, 0, sizeof *m);
 }
 
+static inline bool key_eq(const char *a, const char *b, size_t len)
+{
+    /* Keys are short: a plain loop beats a call to memcmp. */
+    for (size_t i = 0; i < len; i++)
+        if (a[i] != b[i])
+            return false;
+    return true;
+}
+
 const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n)
 {
     *n = 0;
@@ -144,11 +162,18 @@ const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, siz
         const struct smap_slot *s = &m->slots[p];
         if (!s->hash)
             return NULL;
-        if (s->hash == h && s->ns == ns && s->klen == len && memcmp(m->keys + s->koff, key, len) == 0) {
+        if (s->hash == h && s->ns == ns && s->klen == len &&
+            key_eq(len > SMAP_INLINE_KEY ? m->keys + s->koff : s->key, key, len)) {
             *n = s->vlen;
-            return m->vals + s->voff;
+            return s->vlen <= SMAP_INLINE_VALS ? s->inl : m->vals + s->voff;
         }
     }
+}
+
+void smap_prefetch(const struct smap *m, uint16_t ns, const char *key, size_t len)
+{
+    if (m->slots)
+        __builtin_prefetch(&m->slots[(uint32_t)smap_hash(ns, key, len) & m->mask]);
 }
 
 int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
@@ -160,7 +185,11 @@ int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
             continue;
         if (o == SMAP_MAX_KEY)
             return -1;
-        buf[o++] = (char)(upper ? toupper(c) : tolower(c));
+        if (upper && c >= 'a' && c <= 'z')
+            c = (unsigned char)(c - 32);
+        else if (!upper && c >= 'A' && c <= 'Z')
+            c = (unsigned char)(c + 32);
+        buf[o++] = (char)c;
     }
     return (int)o;
 }

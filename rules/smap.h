@@ -10,14 +10,25 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define SMAP_INLINE_KEY 20
+#define SMAP_INLINE_VALS 6
+
+/* One cache line: a lookup usually touches nothing else. Keys of up to
+ * SMAP_INLINE_KEY bytes and up to SMAP_INLINE_VALS values live in the slot;
+ * longer ones in keys[] / vals[]. */
 struct smap_slot {
-    uint64_t hash;  /* 0 = empty */
-    uint32_t koff;  /* key bytes in keys[] */
-    uint32_t voff;  /* values in vals[] */
-    uint32_t vlen;
-    uint16_t klen;
+    uint64_t hash; /* 0 = empty */
     uint16_t ns;
-};
+    uint8_t klen;
+    uint8_t pad;
+    uint32_t vlen;
+    uint32_t voff; /* values in vals[] when vlen > SMAP_INLINE_VALS */
+    union {
+        char key[SMAP_INLINE_KEY];
+        uint32_t koff; /* key bytes in keys[] when klen > SMAP_INLINE_KEY */
+    };
+    uint32_t inl[SMAP_INLINE_VALS];
+} __attribute__((aligned(64)));
 
 struct smap {
     struct smap_slot *slots;
@@ -45,6 +56,9 @@ void smap_free(struct smap *m);
 
 /* The values of (ns, key), or NULL with *n = 0. */
 const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n);
+
+/* Starts loading the slot of (ns, key) into the cache. */
+void smap_prefetch(const struct smap *m, uint16_t ns, const char *key, size_t len);
 
 /* Copies s into buf (SMAP_MAX_KEY bytes) lower- or upper-cased, dropping
  * spaces when strip is set; returns the length, or -1 if too long. */

@@ -1,4 +1,5 @@
 /* table.c - building, compiling and freeing the routing table. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,7 +161,6 @@ void rules_table_free(struct rules_table *t)
         free(d->id);
         free(d->name);
         free(d->niches);
-        free(d->rr_slots);
         free_strv(d->states, d->n_states);
         free_strv(d->zips, d->n_zips);
         free_strv(d->prefixes, d->n_prefixes);
@@ -184,6 +184,9 @@ void rules_table_free(struct rules_table *t)
         free(t->terr);
     }
     classify_free(t->cls);
+    free(t->hot);
+    free(t->cfilters);
+    free(t->fkeys);
     free(t);
 }
 
@@ -262,6 +265,87 @@ static int check_duplicates(const struct rules_table *t, char *err, size_t errle
     return rc;
 }
 
+void rules_geo_point(double lat, double lon, double out[3])
+{
+    double la = lat * M_PI / 180.0, lo = lon * M_PI / 180.0;
+    out[0] = cos(la) * cos(lo);
+    out[1] = cos(la) * sin(lo);
+    out[2] = sin(la);
+}
+
+static int compile_filter(struct rules_table *t, struct rules_filter *f, struct rules_cfilter *cf)
+{
+    f->key_len = f->key ? (uint32_t)strlen(f->key) : 0;
+    cf->target = (uint8_t)f->target;
+    cf->op = (uint8_t)f->op;
+    cf->exists = f->exists;
+    cf->num = f->num;
+    if (f->n_vals)
+        cf->val = f->vals[0];
+    cf->src = f;
+    if (f->target != FT_FIELD)
+        return 0;
+    /* Intern the field name: a decision looks each one up once. */
+    uint32_t id = 0;
+    while (id < t->n_fkeys && strcmp(t->fkeys[id], f->key) != 0)
+        id++;
+    if (id == t->n_fkeys) {
+        const char **nk = realloc(t->fkeys, (t->n_fkeys + 1) * sizeof *nk);
+        if (!nk)
+            return -1;
+        t->fkeys = nk;
+        t->fkeys[t->n_fkeys++] = f->key;
+    }
+    cf->fid = id;
+    return 0;
+}
+
+static int compile_hot(struct rules_table *t)
+{
+    size_t n = t->n_dealers ? t->n_dealers : 1, nf = 1;
+    for (uint32_t i = 0; i < t->n_dealers; i++)
+        nf += t->dealers[i].n_filters;
+    t->hot = aligned_alloc(64, n * sizeof *t->hot);
+    t->cfilters = calloc(nf, sizeof *t->cfilters);
+    if (!t->hot || !t->cfilters)
+        return -1;
+    memset(t->hot, 0, n * sizeof *t->hot);
+    uint32_t fo = 0;
+    for (uint32_t i = 0; i < t->n_dealers; i++) {
+        struct rules_dealer *d = &t->dealers[i];
+        struct rules_hot *h = &t->hot[i];
+        h->grades = d->grades;
+        h->min_score = (int16_t)d->min_score;
+        h->tier = (uint16_t)d->tier;
+        h->weight = (uint32_t)d->weight;
+        h->tz = (uint16_t)d->tz;
+        h->from = d->hours.from;
+        h->to = d->hours.to;
+        h->days = d->hours.days;
+        h->max_pending = d->max_pending;
+        memcpy(h->caps, d->caps, sizeof h->caps);
+        h->flags = (uint8_t)((d->exclusive ? RHOT_EXCLUSIVE : 0) | (d->overflow == OVERFLOW_HOLD ? RHOT_HOLD : 0) |
+                             (d->hours.set ? RHOT_HOURS : 0) | (d->has_radius ? RHOT_RADIUS : 0));
+        h->n_filt = d->n_filters;
+        h->filt_off = fo;
+        for (uint32_t k = 0; k < d->n_filters; k++)
+            if (compile_filter(t, &d->filters[k], k == 0 ? &h->cf0 : &t->cfilters[fo++]))
+                return -1;
+        if (d->has_radius) {
+            double u[3], theta = d->km / 6371.0;
+            rules_geo_point(d->lat, d->lon, u);
+            double c = theta >= M_PI ? 2.0 : 2.0 * sin(theta / 2);
+            h->gx = u[0];
+            h->gy = u[1];
+            h->gz = u[2];
+            h->chord2 = c * c;
+        }
+    }
+    for (uint32_t i = 0; i < t->n_weights; i++)
+        t->weights[i].signal_len = (uint32_t)strlen(t->weights[i].signal);
+    return 0;
+}
+
 int rules_table_compile(struct rules_table *t, char *err, size_t errlen)
 {
     if (t->compiled) {
@@ -294,8 +378,7 @@ int rules_table_compile(struct rules_table *t, char *err, size_t errlen)
                 return -1;
             }
     }
-    /* Niche members in config order, and one rotation slot per membership. */
-    uint32_t slot = 0;
+    /* Niche members in config order. */
     for (uint32_t ni = 0; ni < t->n_niches; ni++) {
         struct rules_niche *n = &t->niches[ni];
         if (n->max_buyers < 1 || n->max_buyers > RULES_MAX_BUYERS)
@@ -307,22 +390,19 @@ int rules_table_compile(struct rules_table *t, char *err, size_t errlen)
         n->members = malloc((cnt ? cnt : 1) * sizeof *n->members);
         if (!n->members)
             goto oom;
-        n->rr_base = slot;
         n->n_members = 0;
-        slot += cnt;
     }
     for (uint32_t di = 0; di < t->n_dealers; di++) {
         struct rules_dealer *d = &t->dealers[di];
-        d->rr_slots = malloc(d->n_niches * sizeof *d->rr_slots);
-        if (!d->rr_slots)
-            goto oom;
         for (uint32_t k = 0; k < d->n_niches; k++) {
             struct rules_niche *n = &t->niches[d->niches[k]];
-            d->rr_slots[k] = n->rr_base + n->n_members;
             n->members[n->n_members++] = di;
         }
     }
-    t->n_rr_slots = slot;
+    /* Rotation state: one slot per (niche, dealer), computed, not looked up. */
+    t->n_rr_slots = t->n_niches * t->n_dealers;
+    if (compile_hot(t))
+        goto oom;
     t->terr = calloc(1, sizeof *t->terr);
     if (!t->terr || terr_build(t->terr, t))
         goto oom;
@@ -340,6 +420,6 @@ int rules_rr_slot(const struct rules_table *t, uint32_t dealer, uint32_t niche)
     const struct rules_dealer *d = &t->dealers[dealer];
     for (uint32_t k = 0; k < d->n_niches; k++)
         if (d->niches[k] == niche)
-            return (int)d->rr_slots[k];
+            return (int)(niche * t->n_dealers + dealer);
     return -1;
 }

@@ -28,11 +28,6 @@ static void cell_key(char key[4], int la, int lo)
     memcpy(key + 2, &b, 2);
 }
 
-bool terr_in_radius(const struct rules_dealer *d, double lat, double lon)
-{
-    return d->has_radius && rules_distance_km(d->lat, d->lon, lat, lon) <= d->km;
-}
-
 /* Adds radius dealer di to every grid cell its circle may touch, or to the
  * niche's wide list when that would be too many cells. */
 static int add_radius(struct terr_index *ti, struct smap_builder *cells, uint16_t ns, uint32_t di,
@@ -124,21 +119,50 @@ void terr_free(struct terr_index *ti)
     memset(ti, 0, sizeof *ti);
 }
 
-static inline void hit(struct terr_hits *h, uint32_t d, enum rules_match m)
+/* Mirrors terr_lookup's keys; touches nothing but the slots' cache lines. */
+void terr_prefetch(const struct terr_index *ti, uint32_t niche, const struct lead *l)
 {
-    if (h->stamp[d] != h->gen) {
-        h->stamp[d] = h->gen;
-        h->pos[d] = h->n;
-        h->v[h->n++] = (struct rules_verdict){.dealer = d, .match = (uint8_t)m};
-    } else if (h->v[h->pos[d]].match < m) {
-        h->v[h->pos[d]].match = (uint8_t)m;
+    uint16_t ns = (uint16_t)niche;
+    char buf[SMAP_MAX_KEY];
+    int len;
+    if (l->zip.len && (len = smap_fold(buf, l->zip.p, l->zip.len, true, true)) > 0) {
+        smap_prefetch(&ti->zips, ns, buf, (size_t)len);
+        uint32_t lens = ti->prefix_lens[ns];
+        for (int pl = 1; pl <= len && pl < 32; pl++)
+            if (lens & (1u << pl))
+                smap_prefetch(&ti->prefixes, ns, buf, (size_t)pl);
+    }
+    if (l->state.len && (len = smap_fold(buf, l->state.p, l->state.len, true, false)) > 0)
+        smap_prefetch(&ti->states, ns, buf, (size_t)len);
+    if (l->has_geo) {
+        char key[4];
+        cell_key(key, cell_lat(l->lat), cell_lon(l->lon));
+        smap_prefetch(&ti->cells, ns, key, 4);
     }
 }
 
-static void hit_all(struct terr_hits *h, const uint32_t *ds, uint32_t n, enum rules_match m)
+/* A posting list to merge: dealers ascending (config order). */
+struct plist {
+    const uint32_t *v;
+    uint32_t n;
+    uint8_t match;
+};
+
+static void add_list(struct plist *L, int *nl, const uint32_t *v, uint32_t n, enum rules_match m)
 {
+    if (n)
+        L[(*nl)++] = (struct plist){v, n, (uint8_t)m};
+}
+
+/* The radius dealers of ds[0..n) whose circle holds the lead, into out. */
+static uint32_t radius_filter(const struct rules_table *t, const double *u, const uint32_t *ds, uint32_t n,
+                              uint32_t *out)
+{
+    uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++)
-        hit(h, ds[i], m);
+        if (terr_chord2(t, ds[i], u) <= t->hot[ds[i]].chord2)
+            out[m++] = ds[i];
+    return m;
 }
 
 void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint32_t niche, const struct lead *l,
@@ -146,32 +170,69 @@ void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint3
 {
     uint16_t ns = (uint16_t)niche;
     char buf[SMAP_MAX_KEY];
+    struct plist L[36];
+    int nl = 0, len;
     const uint32_t *ds;
     uint32_t n;
-    int len;
     if (l->zip.len && (len = smap_fold(buf, l->zip.p, l->zip.len, true, true)) > 0) {
         ds = smap_get(&ti->zips, ns, buf, (size_t)len, &n);
-        hit_all(h, ds, n, MATCH_ZIP);
+        add_list(L, &nl, ds, n, MATCH_ZIP);
         uint32_t lens = ti->prefix_lens[ns];
         for (int pl = 1; pl <= len && pl < 32; pl++)
             if (lens & (1u << pl)) {
                 ds = smap_get(&ti->prefixes, ns, buf, (size_t)pl, &n);
-                hit_all(h, ds, n, MATCH_PREFIX);
+                add_list(L, &nl, ds, n, MATCH_PREFIX);
             }
     }
     if (l->state.len && (len = smap_fold(buf, l->state.p, l->state.len, true, false)) > 0) {
         ds = smap_get(&ti->states, ns, buf, (size_t)len, &n);
-        hit_all(h, ds, n, MATCH_STATE);
+        add_list(L, &nl, ds, n, MATCH_STATE);
     }
     if (l->has_geo) {
         char key[4];
         cell_key(key, cell_lat(l->lat), cell_lon(l->lon));
         ds = smap_get(&ti->cells, ns, key, 4, &n);
-        for (uint32_t i = 0; i < n; i++)
-            if (terr_in_radius(&t->dealers[ds[i]], l->lat, l->lon))
-                hit(h, ds[i], MATCH_RADIUS);
-        for (uint32_t i = 0; i < ti->n_wide[ns]; i++)
-            if (terr_in_radius(&t->dealers[ti->wide[ns][i]], l->lat, l->lon))
-                hit(h, ti->wide[ns][i], MATCH_RADIUS);
+        add_list(L, &nl, h->rad_a, radius_filter(t, h->u, ds, n, h->rad_a), MATCH_RADIUS);
+        add_list(L, &nl, h->rad_b, radius_filter(t, h->u, ti->wide[ns], ti->n_wide[ns], h->rad_b), MATCH_RADIUS);
     }
+    /* Merge the sorted lists pairwise; a dealer found in several lists
+     * becomes one verdict with its most specific match. Entries are packed
+     * as dealer << 8 | match, so equal dealers keep the larger match. */
+    uint64_t *acc = h->mrg_a, *nxt = h->mrg_b;
+    uint32_t na = 0;
+    for (int li = 0; li < nl; li++) {
+        const uint32_t *v = L[li].v;
+        uint32_t nv = L[li].n, i = 0, j = 0, o = 0;
+        uint64_t m = L[li].match;
+        while (i < na && j < nv) {
+            uint64_t a = acc[i], bb = (uint64_t)v[j] << 8 | m;
+            if ((a >> 8) < (bb >> 8)) {
+                nxt[o++] = a;
+                i++;
+            } else if ((a >> 8) > (bb >> 8)) {
+                nxt[o++] = bb;
+                j++;
+            } else {
+                nxt[o++] = a > bb ? a : bb;
+                i++;
+                j++;
+            }
+        }
+        while (i < na)
+            nxt[o++] = acc[i++];
+        while (j < nv)
+            nxt[o++] = (uint64_t)v[j++] << 8 | m;
+        uint64_t *tmp = acc;
+        acc = nxt;
+        nxt = tmp;
+        na = o;
+    }
+    uint32_t out = 0;
+    for (uint32_t i = 0; i < na; i++) {
+        uint32_t d = (uint32_t)(acc[i] >> 8);
+        __builtin_prefetch(&h->hot[d]);
+        __builtin_prefetch((const char *)&h->hot[d] + 64);
+        h->v[out++] = (struct rules_verdict){.dealer = d, .rr_slot = h->rr_base + d, .match = (uint8_t)(acc[i] & 0xff)};
+    }
+    h->n = out;
 }

@@ -55,6 +55,7 @@ enum rules_reason {
 
 struct rules_verdict {
     uint32_t dealer;
+    uint32_t rr_slot; /* rotation slot of (niche, dealer): niche * n_dealers + dealer */
     uint8_t why;     /* enum rules_why */
     uint8_t match;   /* enum rules_match */
     uint8_t stage;   /* 0: owners or open field, 1: released to non-owners */
@@ -97,12 +98,18 @@ struct rules_decision {
     uint32_t n_picked;
     int picked_stage;
     double *sortkey; /* working memory of rules_pick (scratch) */
+    double geo[3];   /* the lead's coordinates as a unit vector, when has_geo */
 };
 
 /* Per-thread working memory sized for one table. */
 struct rules_scratch;
 struct rules_scratch *rules_scratch_new(const struct rules_table *t);
 void rules_scratch_free(struct rules_scratch *s); /* accepts NULL */
+
+/* Optional: starts loading what deciding l will read from the index, so
+ * that a caller working through a batch overlaps the memory latency of the
+ * next leads with the work on this one. No effect on results. */
+void rules_prefetch(const struct rules_table *t, const struct lead *l);
 
 /* Steps 2-7 minus the caps: niche, score and grade, territory, contract,
  * hours, pause, exclusivity. Fills d; d->reason is REASON_ASSIGNED when

@@ -43,7 +43,6 @@ struct rules_niche {
     /* compiled */
     uint32_t *members;           /* dealers serving the niche, config order (owned) */
     uint32_t n_members;
-    uint32_t rr_base;            /* rotation slot of members[0] */
 };
 
 /* One contract filter. The value strings are owned by the filter. */
@@ -51,6 +50,7 @@ struct rules_filter {
     enum rules_filter_target target;
     char *path;                  /* as written, e.g. "fields.home_owner" (owned) */
     char *key;                   /* field name when target == FT_FIELD (owned) */
+    uint32_t key_len;            /* compiled */
     enum rules_filter_op op;
     struct lead_value *vals;     /* eq/ne: 1, in: n (owned) */
     uint32_t n_vals;
@@ -68,7 +68,6 @@ struct rules_hours {
 struct rules_dealer {
     char *id, *name;             /* owned */
     uint32_t *niches;            /* niche indexes (owned) */
-    uint32_t *rr_slots;          /* rotation slot per entry of niches (owned, compiled) */
     uint32_t n_niches;
     /* territory */
     char **states;               /* upper-cased (owned) */
@@ -103,7 +102,40 @@ struct rules_grade {
 struct rules_weight {
     char *signal;                /* owned */
     double w;
+    uint32_t signal_len;         /* compiled */
 };
+
+/* A filter packed for the hot path (compiled from rules_filter). */
+struct rules_cfilter {
+    uint8_t target, op, exists;
+    uint8_t pad;
+    uint32_t fid;                /* FT_FIELD: index of the field name in fkeys */
+    double num;                  /* min / max */
+    struct lead_value val;       /* eq / ne */
+    const struct rules_filter *src; /* in-lists (ref) */
+};
+
+/* What every decision reads of a dealer, in one 128-byte block (two cache
+ * lines): contract, hours, caps, its radius as a unit vector with the
+ * squared chord of the radius ("within km" is three multiplications), and
+ * its first filter. Compiled from rules_dealer. */
+enum { RHOT_EXCLUSIVE = 1, RHOT_HOLD = 2, RHOT_HOURS = 4, RHOT_RADIUS = 8 };
+struct rules_hot {
+    uint32_t grades;
+    int16_t min_score;
+    uint16_t tier;
+    uint32_t weight;
+    uint16_t tz;
+    uint16_t from, to;
+    uint8_t days;
+    uint8_t flags;               /* RHOT_* */
+    uint32_t max_pending;
+    uint32_t caps[PERIOD_N];
+    uint32_t n_filt;             /* filters: cf0, then cfilters[filt_off ...] */
+    uint32_t filt_off;
+    double gx, gy, gz, chord2;   /* radius, when RHOT_RADIUS */
+    struct rules_cfilter cf0;
+} __attribute__((aligned(64)));
 
 struct terr_index;
 struct rules_classify;
@@ -126,7 +158,11 @@ struct rules_table {
     uint32_t n_files;
     /* compiled */
     bool compiled;
-    uint32_t n_rr_slots;         /* rotation state size: sum of niche members */
+    uint32_t n_rr_slots;         /* rotation state size: n_niches * n_dealers */
+    struct rules_hot *hot;       /* per dealer (owned) */
+    struct rules_cfilter *cfilters; /* dealers' second and later filters (owned) */
+    const char **fkeys;          /* distinct filter field names (owned array, ref strings) */
+    uint32_t n_fkeys;
     struct terr_index *terr;     /* owned */
     struct rules_classify *cls;  /* owned */
 };
@@ -149,6 +185,9 @@ const char *rules_intern_file(struct rules_table *t, const char *path);
 int rules_niche_find(const struct rules_table *t, const char *name, size_t len);
 int rules_dealer_find(const struct rules_table *t, const char *id, size_t len);
 int rules_grade_find(const struct rules_table *t, const char *name, size_t len);
+
+/* A point as a unit vector (for rules_hot radius comparisons). */
+void rules_geo_point(double lat, double lon, double out[3]);
 
 /* Cross-checks the whole table (duplicate ids and names, weights, tiers,
  * grades order, empty territories are warnings, not errors) and builds the
