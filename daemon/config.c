@@ -425,7 +425,7 @@ static const char *norm_lower(const char *in, char *buf, size_t len)
     if (n == 0 || n > CFG_MAX_STRING || n >= len || has_control(in))
         return "must be 1..128 printable characters, not";
     for (size_t i = 0; i <= n; i++)
-        buf[i] = in[i];
+        buf[i] = (char)tolower((unsigned char)in[i]);
     return NULL;
 }
 

@@ -308,6 +308,16 @@ static void sort_u64(uint64_t *k, uint32_t n)
         qsort(k, n, sizeof *k, u64_cmp);
         return;
     }
+    if (n <= 32) {
+        for (uint32_t i = 1; i < n; i++) {
+            uint64_t x = k[i];
+            uint32_t j = i;
+            for (; j > 0 && k[j - 1] > x; j--)
+                k[j] = k[j - 1];
+            k[j] = x;
+        }
+        return;
+    }
     /* Shell sort (Ciura's gaps): no calls, good on the short, partly
      * sorted runs the index returns. */
     static const uint32_t gaps[] = {301, 132, 57, 23, 10, 4, 1};
@@ -327,6 +337,10 @@ static void sort_u64(uint64_t *k, uint32_t n)
  * a counting sort when the tiers span little, else a comparison sort. */
 static void sort_cands(struct rules_scratch *s, uint32_t n)
 {
+    if (n <= 32) {
+        sort_u64(s->ord, n); /* few: insertion beats counting */
+        return;
+    }
     uint32_t lo = UINT32_MAX, hi = 0;
     for (uint32_t i = 0; i < n; i++) {
         uint32_t tier = (uint32_t)(s->ord[i] >> 32) & 0x3fffffff;

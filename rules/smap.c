@@ -1,6 +1,7 @@
 /* smap.c - immutable open-addressing hash map, see smap.h. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "smap.h"
 
@@ -12,15 +13,28 @@ struct smap_item {
     uint64_t hash;
 };
 
-/* FNV-1a over the namespace then the key; never 0 (0 marks empty). */
+/* A word-at-a-time multiplicative hash of (ns, key); never 0 (0 marks an
+ * empty slot). Keys are short, so a few multiplications. */
 static uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
 {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    h = (h ^ (ns & 0xff)) * 0x100000001b3ULL;
-    h = (h ^ (ns >> 8)) * 0x100000001b3ULL;
-    for (size_t i = 0; i < len; i++)
-        h = (h ^ (unsigned char)key[i]) * 0x100000001b3ULL;
+    const uint64_t k = 0x9fb21c651e98df25ULL;
+    uint64_t h = (0x243f6a8885a308d3ULL ^ ns) * k ^ len;
+    while (len >= 8) {
+        uint64_t w;
+        memcpy(&w, key, 8);
+        h = (h ^ w) * k;
+        h ^= h >> 31;
+        key += 8;
+        len -= 8;
+    }
+    if (len) {
+        uint64_t w = 0;
+        memcpy(&w, key, len);
+        h = (h ^ w) * k;
+    }
     h ^= h >> 29;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    h ^= h >> 32;
     return h ? h : 1;
 }
 
@@ -51,6 +65,24 @@ int smap_builder_add(struct smap_builder *b, uint16_t ns, const char *key, size_
                                           .val = val, .hash = smap_hash(ns, key, len)};
     b->klen += len;
     return 0;
+}
+
+#define HUGE_PAGE (2u << 20)
+
+void *smap_alloc_table(size_t bytes)
+{
+    void *p;
+    if (bytes < HUGE_PAGE / 2) {
+        p = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    } else {
+        bytes = (bytes + HUGE_PAGE - 1) & ~(size_t)(HUGE_PAGE - 1);
+        p = aligned_alloc(HUGE_PAGE, bytes);
+        if (p)
+            (void)madvise(p, bytes, MADV_HUGEPAGE); /* a hint: failure is harmless */
+    }
+    if (p)
+        memset(p, 0, bytes);
+    return p;
 }
 
 static const char *sort_keys; /* only during smap_build's qsort */
@@ -89,9 +121,7 @@ int smap_build(struct smap *m, struct smap_builder *b)
     uint32_t size = 16;
     while (size < nkeys * 2)
         size <<= 1;
-    m->slots = aligned_alloc(64, size * sizeof *m->slots);
-    if (m->slots)
-        memset(m->slots, 0, size * sizeof *m->slots);
+    m->slots = smap_alloc_table(size * sizeof *m->slots);
     m->vals = malloc((b->n ? b->n : 1) * sizeof *m->vals);
     m->keys = malloc(b->klen ? b->klen : 1);
     if (!m->slots || !m->vals || !m->keys) {
@@ -178,6 +208,10 @@ void smap_prefetch(const struct smap *m, uint16_t ns, const char *key, size_t le
 
 int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
 {
+    if (len > SMAP_MAX_KEY && !strip)
+        return -1;
+    /* Branch-free ASCII case folding: flip bit 5 of letters of the other case. */
+    unsigned char lo = upper ? 'a' : 'A';
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
@@ -185,11 +219,7 @@ int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
             continue;
         if (o == SMAP_MAX_KEY)
             return -1;
-        if (upper && c >= 'a' && c <= 'z')
-            c = (unsigned char)(c - 32);
-        else if (!upper && c >= 'A' && c <= 'Z')
-            c = (unsigned char)(c + 32);
-        buf[o++] = (char)c;
+        buf[o++] = (char)(c ^ (((unsigned)(c - lo) < 26u) << 5));
     }
     return (int)o;
 }

@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMAP_INLINE_KEY 20
-#define SMAP_INLINE_VALS 6
+#define SMAP_INLINE_KEY 24
+#define SMAP_INLINE_VALS 5
 
 /* One cache line: a lookup usually touches nothing else. Keys of up to
  * SMAP_INLINE_KEY bytes and up to SMAP_INLINE_VALS values live in the slot;
@@ -53,6 +53,12 @@ int smap_builder_add(struct smap_builder *b, uint16_t ns, const char *key, size_
 int smap_build(struct smap *m, struct smap_builder *b);
 void smap_builder_free(struct smap_builder *b);
 void smap_free(struct smap *m);
+
+/* Zeroed memory aligned to a cache line; large blocks are aligned to 2 MiB
+ * and marked for transparent huge pages, so that random lookups into them
+ * do not also miss the TLB (software prefetches are dropped on a TLB
+ * miss). Free with free(). */
+void *smap_alloc_table(size_t bytes);
 
 /* The values of (ns, key), or NULL with *n = 0. */
 const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n);

@@ -305,11 +305,10 @@ static int compile_hot(struct rules_table *t)
     size_t n = t->n_dealers ? t->n_dealers : 1, nf = 1;
     for (uint32_t i = 0; i < t->n_dealers; i++)
         nf += t->dealers[i].n_filters;
-    t->hot = aligned_alloc(64, n * sizeof *t->hot);
+    t->hot = smap_alloc_table(n * sizeof *t->hot);
     t->cfilters = calloc(nf, sizeof *t->cfilters);
     if (!t->hot || !t->cfilters)
         return -1;
-    memset(t->hot, 0, n * sizeof *t->hot);
     uint32_t fo = 0;
     for (uint32_t i = 0; i < t->n_dealers; i++) {
         struct rules_dealer *d = &t->dealers[i];

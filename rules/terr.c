@@ -119,7 +119,7 @@ void terr_free(struct terr_index *ti)
     memset(ti, 0, sizeof *ti);
 }
 
-/* Mirrors terr_lookup's keys; touches nothing but the slots' cache lines. */
+/* Mirrors terr_lookup's keys; touches only the slots' cache lines. */
 void terr_prefetch(const struct terr_index *ti, uint32_t niche, const struct lead *l)
 {
     uint16_t ns = (uint16_t)niche;

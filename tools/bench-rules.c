@@ -235,68 +235,94 @@ static int dbl_cmp(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-struct result {
-    double dps;
-    double eligible; /* mean dealers covering a lead */
-    double assigned; /* share of leads assigned */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, dbl_cmp);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One benchmark case: a table, its working memory and its leads. */
+struct bcase {
+    uint32_t n_dealers, per_region, regions;
     size_t entries;
-    uint32_t regions;
+    struct rules_table *t;
+    struct rules_scratch *s;
+    int64_t *rr;
+    struct leadset *ls;
+    struct rules_input in;
+    uint64_t next;
+    double covered, assigned;
 };
 
-static struct result run(uint32_t n_dealers, uint32_t per_region, double seconds, int reps)
+static void setup(struct bcase *c, uint32_t n_dealers, uint32_t per_region)
 {
-    struct result r = {0};
-    struct rules_table *t = build(n_dealers, per_region, &r.regions, &r.entries);
-    struct rules_scratch *s = rules_scratch_new(t);
-    int64_t *rr = calloc(t->n_rr_slots ? t->n_rr_slots : 1, sizeof *rr);
-    static struct leadset ls;
-    make_leads(&ls, n_dealers / per_region ? n_dealers / per_region : 1); /* full regions only */
-    struct rules_input in = {.now_ms = 1795000000000LL};
-    struct rules_decision d;
+    memset(c, 0, sizeof *c);
+    c->n_dealers = n_dealers;
+    c->per_region = per_region;
+    c->t = build(n_dealers, per_region, &c->regions, &c->entries);
+    c->s = rules_scratch_new(c->t);
+    c->rr = calloc(c->t->n_rr_slots ? c->t->n_rr_slots : 1, sizeof *c->rr);
+    c->ls = malloc(sizeof *c->ls);
+    if (!c->s || !c->rr || !c->ls) {
+        fprintf(stderr, "bench-rules: out of memory\n");
+        exit(70);
+    }
+    make_leads(c->ls, n_dealers / per_region ? n_dealers / per_region : 1); /* full regions only */
+    c->in.now_ms = 1795000000000LL;
     uint64_t covered = 0, assigned = 0;
+    struct rules_decision d;
     for (uint32_t i = 0; i < N_LEADS; i++) { /* warm-up and mix statistics */
-        rules_decide(t, s, &ls.leads[i], &in, &d);
+        rules_decide(c->t, c->s, &c->ls->leads[i], &c->in, &d);
         covered += d.n_verdicts;
-        assigned += rules_pick(t, &d, &in, &ls.leads[i], rr) > 0;
+        assigned += rules_pick(c->t, &d, &c->in, &c->ls->leads[i], c->rr) > 0;
     }
-    r.eligible = (double)covered / N_LEADS;
-    r.assigned = (double)assigned / N_LEADS;
-    double rates[16];
-    for (int rep = 0; rep < reps; rep++) {
-        uint64_t n = 0;
-        double t0 = now_s(CLOCK_THREAD_CPUTIME_ID), t1;
-        do {
-            for (uint32_t i = 0; i < 8192; i++, n++) {
-                const struct lead *l = &ls.leads[n & (N_LEADS - 1)];
-                rules_prefetch(t, &ls.leads[(n + 4) & (N_LEADS - 1)]); /* as the daemon does in a batch */
-                in.now_ms += 7;
-                rules_decide(t, s, l, &in, &d);
-                rules_pick(t, &d, &in, l, rr);
-            }
-            t1 = now_s(CLOCK_THREAD_CPUTIME_ID);
-        } while (t1 - t0 < seconds);
-        rates[rep] = (double)n / (t1 - t0);
-    }
-    qsort(rates, (size_t)reps, sizeof *rates, dbl_cmp);
-    r.dps = rates[reps / 2];
-    free(rr);
-    rules_scratch_free(s);
-    rules_table_free(t);
-    return r;
+    c->covered = (double)covered / N_LEADS;
+    c->assigned = (double)assigned / N_LEADS;
+}
+
+static void teardown(struct bcase *c)
+{
+    free(c->ls);
+    free(c->rr);
+    rules_scratch_free(c->s);
+    rules_table_free(c->t);
+}
+
+/* Decisions per second of thread CPU time over at least `seconds`. */
+static double measure(struct bcase *c, double seconds)
+{
+    struct rules_decision d;
+    uint64_t n = 0;
+    double t0 = now_s(CLOCK_THREAD_CPUTIME_ID), t1;
+    do {
+        for (uint32_t i = 0; i < 4096; i++, n++, c->next++) {
+            const struct lead *l = &c->ls->leads[c->next & (N_LEADS - 1)];
+            /* As the daemon does within a batch: start loading the index
+             * entries of a lead a few places ahead. */
+            rules_prefetch(c->t, &c->ls->leads[(c->next + 4) & (N_LEADS - 1)]);
+            c->in.now_ms += 7;
+            rules_decide(c->t, c->s, l, &c->in, &d);
+            rules_pick(c->t, &d, &c->in, l, c->rr);
+        }
+        t1 = now_s(CLOCK_THREAD_CPUTIME_ID);
+    } while (t1 - t0 < seconds);
+    return (double)n / (t1 - t0);
 }
 
 int main(int argc, char **argv)
 {
-    double seconds = 1.0;
-    int reps = 5;
+    double slice = 0.25;
+    int rounds = 15;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) {
-            seconds = 0.2;
-            reps = 3;
+            slice = 0.1;
+            rounds = 5;
         } else if (!strcmp(argv[i], "--profile") && i + 2 < argc) {
             /* One case, one short run: for perf or callgrind. */
-            struct result r = run((uint32_t)atoi(argv[i + 1]), (uint32_t)atoi(argv[i + 2]), 0.3, 1);
-            printf("dealers=%s per_region=%s dps=%.0f\n", argv[i + 1], argv[i + 2], r.dps);
+            struct bcase c;
+            setup(&c, (uint32_t)atoi(argv[i + 1]), (uint32_t)atoi(argv[i + 2]));
+            printf("dealers=%s per_region=%s dps=%.0f\n", argv[i + 1], argv[i + 2], measure(&c, 0.3));
+            teardown(&c);
             return 0;
         } else {
             usage();
@@ -305,20 +331,32 @@ int main(int argc, char **argv)
         }
     }
     usage();
-    printf("\nEach figure: median of %d runs of %.1f s of thread CPU time.\n", reps, seconds);
-    printf("%-8s %-10s %-8s %-14s %-12s %-9s %s\n", "dealers", "per_lead", "regions", "zip+prefix", "assigned",
-           "", "decisions/s");
-    uint32_t sizes[3] = {10, 1000, 10000};
-    struct result res[4];
-    for (int i = 0; i < 3; i++) {
-        res[i] = run(sizes[i], 8, seconds, reps);
-        printf("%-8u %-10.1f %-8u %-14zu %-12.3f %-9s %.0f\n", sizes[i], res[i].eligible, res[i].regions,
-               res[i].entries, res[i].assigned, "", res[i].dps);
+    enum { NC = 4 };
+    struct bcase cs[NC];
+    setup(&cs[0], 10, 8);
+    setup(&cs[1], 1000, 8);
+    setup(&cs[2], 10000, 8);
+    setup(&cs[3], 1000, 100);
+    /* This machine is shared and noisy: measure the cases in interleaved
+     * rounds, so that each round sees the same conditions, and take medians
+     * (growth: the median of the per-round ratios). */
+    double rate[NC][64], growth[64];
+    for (int r = 0; r < rounds; r++) {
+        for (int c = 0; c < NC; c++)
+            rate[c][r] = measure(&cs[c], slice);
+        growth[r] = rate[0][r] / rate[2][r];
     }
-    res[3] = run(1000, 100, seconds, reps);
-    printf("%-8u %-10.1f %-8u %-14zu %-12.3f %-9s %.0f  (dense)\n", 1000u, res[3].eligible, res[3].regions,
-           res[3].entries, res[3].assigned, "", res[3].dps);
-    printf("RESULT rules_dps_10=%.0f rules_dps_1000=%.0f rules_dps_10000=%.0f growth=%.2f dense_dps=%.0f\n",
-           res[0].dps, res[1].dps, res[2].dps, res[0].dps / res[2].dps, res[3].dps);
+    printf("\n%d interleaved rounds of %.2f s of thread CPU time per case; medians.\n", rounds, slice);
+    printf("%-8s %-12s %-8s %-12s %-9s %s\n", "dealers", "cover/lead", "regions", "zip+prefix", "assigned",
+           "decisions/s");
+    double med[NC];
+    for (int c = 0; c < NC; c++) {
+        med[c] = median(rate[c], rounds);
+        printf("%-8u %-12.1f %-8u %-12zu %-9.3f %.0f%s\n", cs[c].n_dealers, cs[c].covered, cs[c].regions,
+               cs[c].entries, cs[c].assigned, med[c], c == 3 ? "  (dense)" : "");
+        teardown(&cs[c]);
+    }
+    printf("RESULT rules_dps_10=%.0f rules_dps_1000=%.0f rules_dps_10000=%.0f growth=%.2f dense_dps=%.0f\n", med[0],
+           med[1], med[2], median(growth, rounds), med[3]);
     return 0;
 }

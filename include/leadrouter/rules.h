@@ -106,9 +106,10 @@ struct rules_scratch;
 struct rules_scratch *rules_scratch_new(const struct rules_table *t);
 void rules_scratch_free(struct rules_scratch *s); /* accepts NULL */
 
-/* Optional: starts loading what deciding l will read from the index, so
- * that a caller working through a batch overlaps the memory latency of the
- * next leads with the work on this one. No effect on results. */
+/* Optional, for callers working through a batch: starts loading the index
+ * entries deciding l will read, so that their memory latency overlaps the
+ * work on the leads before it (call it a few leads ahead). No effect on
+ * results. */
 void rules_prefetch(const struct rules_table *t, const struct lead *l);
 
 /* Steps 2-7 minus the caps: niche, score and grade, territory, contract,

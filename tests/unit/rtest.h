@@ -107,10 +107,10 @@ struct rt {
     struct cfg *cfg;
     const struct rules_table *t; /* cfg->rules (ref) */
     struct rules_scratch *s;
-    int64_t *rr;                 /* t->n_rr_slots rotation values, zeroed */
-    struct rules_usage *usage;   /* per dealer, zeroed */
-    uint8_t *paused;             /* per dealer, zeroed */
-    struct rules_input in;       /* now = RT_NOW_S, usage and paused wired in */
+    int64_t *rr;               /* t->n_rr_slots rotation values, zeroed */
+    struct rules_usage *usage; /* per dealer, zeroed */
+    uint8_t *paused;           /* per dealer, zeroed */
+    struct rules_input in;     /* now = RT_NOW_S, usage and paused wired in */
     struct rules_decision d;
 };
 
@@ -240,7 +240,7 @@ static inline const char *rt_why_name(int why)
     } while (0)
 
 #define rt_assert_reason(r, want)                                                                            \
-    cr_assert_eq((r)->d.reason, (want), "reason %s, expected %s", rules_reason_str((r)->d.reason),            \
+    cr_assert_eq((r)->d.reason, (want), "reason %s, expected %s", rules_reason_str((r)->d.reason),           \
                  rules_reason_str(want))
 
 #endif

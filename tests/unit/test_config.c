@@ -307,6 +307,53 @@ Test(config_good, include_glob_appends_in_sorted_order)
     cfg_free(c);
 }
 
+/* Writes dir/name with the given text. */
+static void write_file(const char *dir, const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    cr_assert_not_null(f, "cannot create %s", path);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void remove_tree(const char *dir)
+{
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_expect_eq(system(cmd), 0);
+}
+
+Test(config_good, include_order_is_bytewise_not_directory_order)
+{
+    /* Twenty files created in descending order (directory order is
+     * creation or hash order, not sorted); "B" sorts before "a" bytewise. */
+    char dir[] = "/tmp/lr-test-config-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    write_file(dir, "main.conf",
+               "niches = ( { name = \"solar\"; } );\ndealers = ( );\n@include \"*.d.conf\"\n");
+    for (int i = 19; i >= 0; i--) {
+        char name[32], text[128];
+        snprintf(name, sizeof name, "%c%02d.d.conf", i % 2 ? 'a' : 'B', i);
+        snprintf(text, sizeof text, "dealers = ( { id = \"%s\"; niches = [ \"solar\" ]; } );\n", name);
+        write_file(dir, name, text);
+    }
+    char path[512];
+    snprintf(path, sizeof path, "%s/main.conf", dir);
+    struct cfg *c = NULL;
+    char err[512];
+    cr_assert_eq(cfg_load(path, &c, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(c->rules->n_dealers, 20);
+    for (uint32_t i = 1; i < 20; i++)
+        cr_expect_lt(strcmp(c->rules->dealers[i - 1].id, c->rules->dealers[i].id), 0, "%s before %s",
+                     c->rules->dealers[i - 1].id, c->rules->dealers[i].id);
+    cr_expect_str_eq(c->rules->dealers[0].id, "B00.d.conf");
+    cr_expect_str_eq(c->rules->dealers[10].id, "a01.d.conf");
+    cfg_free(c);
+    remove_tree(dir);
+}
+
 Test(config_good, minimal_file_takes_defaults)
 {
     struct cfg *c = load_ok("minimal/leadrouter.conf");
@@ -569,9 +616,7 @@ Test(config_bad, too_many_included_files)
     cr_expect_eq(cfg_load(path, &c, err, sizeof err), 0, "%s", err);
     cfg_free(c);
 
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    cr_expect_eq(system(cmd), 0);
+    remove_tree(dir);
 }
 
 Test(config_bad, failure_leaves_out_untouched)

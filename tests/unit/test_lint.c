@@ -50,8 +50,8 @@ static void expect_warnings(const struct warnings *w, int count, const char *con
     for (int i = 0; i < w->n; i++) {
         const char *end = strchr(line, '\n');
         cr_assert_not_null(end);
-        cr_assert(strstr(line, ": warning: ") && strstr(line, ": warning: ") < end, "not FILE:LINE: warning: %.*s",
-                  (int)(end - line), line);
+        cr_assert(strstr(line, ": warning: ") && strstr(line, ": warning: ") < end,
+                  "not FILE:LINE: warning: %.*s", (int)(end - line), line);
         for (const char *const *wd = words; *wd; wd++) {
             const char *hit = strstr(line, *wd);
             cr_assert(hit && hit < end, "warning does not name '%s': %.*s", *wd, (int)(end - line), line);
@@ -74,12 +74,15 @@ static void expect_where(const struct cfg *c, const char *text, const struct war
 
 Test(lint, exclusive_state_overlap)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"ex-one\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-two\"; niches = [ \"roof\" ]; territory = { states = [ \"NE\", \"IA\" ]; }; contract = { exclusive = true; }; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"ex-one\"; niches = [ \"roof\" ];\n"
+                               "    territory = { states = [ \"IA\" ]; };\n"
+                               "    contract = { exclusive = true; }; },\n"
+                               "  { id = \"ex-two\"; niches = [ \"roof\" ];\n"
+                               "    territory = { states = [ \"NE\", \"IA\" ]; };\n"
+                               "    contract = { exclusive = true; }; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     static const char *const words[] = {"ex-one", "ex-two", "roof", NULL};
@@ -90,12 +93,15 @@ Test(lint, exclusive_state_overlap)
 
 Test(lint, exclusive_zip_inside_exclusive_prefix)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"ex-prefix\"; niches = [ \"roof\" ]; territory = { zips = [ \"503*\" ]; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-zip\"; niches = [ \"roof\" ]; territory = { zips = [ \"50309\" ]; }; contract = { exclusive = true; }; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"ex-prefix\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"503*\" ]; };\n"
+                               "    contract = { exclusive = true; }; },\n"
+                               "  { id = \"ex-zip\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"50309\" ]; };\n"
+                               "    contract = { exclusive = true; }; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     static const char *const words[] = {"ex-prefix", "ex-zip", "roof", NULL};
@@ -105,12 +111,15 @@ Test(lint, exclusive_zip_inside_exclusive_prefix)
 
 Test(lint, exclusive_prefix_inside_exclusive_prefix)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"ex-503\"; niches = [ \"roof\" ]; territory = { zips = [ \"503*\" ]; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-50\"; niches = [ \"roof\" ]; territory = { zips = [ \"50*\" ]; }; contract = { exclusive = true; }; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"ex-503\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"503*\" ]; };\n"
+                               "    contract = { exclusive = true; }; },\n"
+                               "  { id = \"ex-50\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"50*\" ]; };\n"
+                               "    contract = { exclusive = true; }; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     static const char *const words[] = {"ex-503", "ex-50", "roof", NULL};
@@ -120,12 +129,15 @@ Test(lint, exclusive_prefix_inside_exclusive_prefix)
 
 Test(lint, exclusive_same_zip)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"ex-a\"; niches = [ \"roof\" ]; territory = { zips = [ \"50309\", \"50310\" ]; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-b\"; niches = [ \"roof\" ]; territory = { zips = [ \"50310\", \"50309\" ]; }; contract = { exclusive = true; }; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"ex-a\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"50309\", \"50310\" ]; };\n"
+                               "    contract = { exclusive = true; }; },\n"
+                               "  { id = \"ex-b\"; niches = [ \"roof\" ];\n"
+                               "    territory = { zips = [ \"50310\", \"50309\" ]; };\n"
+                               "    contract = { exclusive = true; }; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     static const char *const words[] = {"ex-a", "ex-b", NULL};
@@ -137,8 +149,12 @@ Test(lint, exclusive_same_zip)
 static const char radius_conf[] =
     "niches = ( { name = \"solar\"; } );\n"
     "dealers = (\n"
-    "  { id = \"ex-dsm\"; niches = [ \"solar\" ]; territory = { radius = { lat = 41.59; lon = -93.62; km = %s; }; }; contract = { exclusive = true; }; },\n"
-    "  { id = \"ex-ames\"; niches = [ \"solar\" ]; territory = { radius = { lat = 42.03; lon = -93.62; km = %s; }; }; contract = { exclusive = true; }; }\n"
+    "  { id = \"ex-dsm\"; niches = [ \"solar\" ];\n"
+    "    territory = { radius = { lat = 41.59; lon = -93.62; km = %s; }; };\n"
+    "    contract = { exclusive = true; }; },\n"
+    "  { id = \"ex-ames\"; niches = [ \"solar\" ];\n"
+    "    territory = { radius = { lat = 42.03; lon = -93.62; km = %s; }; };\n"
+    "    contract = { exclusive = true; }; }\n"
     ");\n";
 
 Test(lint, exclusive_radius_overlap)
@@ -161,9 +177,11 @@ Test(lint, exclusive_radius_overlap)
 Test(lint, empty_territory)
 {
     static const char text[] =
+
         "niches = ( { name = \"roof\"; } );\n"
         "dealers = (\n"
-        "  { id = \"fine\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; },\n"
+        "  { id = \"fine\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; }; },\n"
         "  { id = \"nowhere\"; niches = [ \"roof\" ]; }\n"
         ");\n";
     struct warnings w;
@@ -177,10 +195,13 @@ Test(lint, empty_territory)
 Test(lint, empty_territory_group)
 {
     static const char text[] =
+
         "niches = ( { name = \"roof\"; } );\n"
         "dealers = (\n"
-        "  { id = \"fine\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; },\n"
-        "  { id = \"hollow\"; niches = [ \"roof\" ]; territory = { states = [ ]; zips = [ ]; }; }\n"
+        "  { id = \"fine\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; }; },\n"
+        "  { id = \"hollow\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ ]; zips = [ ]; }; }\n"
         ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
@@ -192,6 +213,7 @@ Test(lint, empty_territory_group)
 Test(lint, niche_no_dealer_serves)
 {
     static const char text[] =
+
         "niches = ( { name = \"roof\"; },\n"
         "           { name = \"pools\"; } );\n"
         "dealers = (\n"
@@ -208,10 +230,15 @@ Test(lint, niche_no_dealer_serves)
 Test(lint, hour_cap_above_day_cap)
 {
     static const char text[] =
+
         "niches = ( { name = \"roof\"; } );\n"
         "dealers = (\n"
-        "  { id = \"ok\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { caps = { hour = 10; day = 10; week = 70; month = 300; }; }; },\n"
-        "  { id = \"odd-caps\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { caps = { hour = 20; day = 10; }; }; }\n"
+        "  { id = \"ok\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; };\n"
+        "    contract = { caps = { hour = 10; day = 10; week = 70; month = 300; }; }; },\n"
+        "  { id = \"odd-caps\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; };\n"
+        "    contract = { caps = { hour = 20; day = 10; }; }; }\n"
         ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
@@ -223,11 +250,12 @@ Test(lint, hour_cap_above_day_cap)
 
 Test(lint, week_cap_above_month_cap)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"odd\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { caps = { week = 500; month = 100; }; }; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"odd\"; niches = [ \"roof\" ];\n"
+                               "    territory = { states = [ \"IA\" ]; };\n"
+                               "    contract = { caps = { week = 500; month = 100; }; }; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     static const char *const words[] = {"odd", NULL};
@@ -236,11 +264,12 @@ Test(lint, week_cap_above_month_cap)
 }
 
 /* Default grades A 80, B 50, C 0: grade C tops out at 49, B at 79. */
-static const char minscore_conf[] =
-    "niches = ( { name = \"roof\"; } );\n"
-    "dealers = (\n"
-    "  { id = \"d\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { min_score = %d; grades = [ %s ]; }; }\n"
-    ");\n";
+static const char minscore_conf[] = "niches = ( { name = \"roof\"; } );\n"
+                                    "dealers = (\n"
+                                    "  { id = \"d\"; niches = [ \"roof\" ];\n"
+                                    "    territory = { states = [ \"IA\" ]; };\n"
+                                    "    contract = { min_score = %d; grades = [ %s ]; }; }\n"
+                                    ");\n";
 
 Test(lint, min_score_above_what_grades_allow)
 {
@@ -249,7 +278,7 @@ Test(lint, min_score_above_what_grades_allow)
         const char *grades;
         bool warn;
     } cases[] = {
-        {60, "\"C\"", true},  {50, "\"C\"", true},       {49, "\"C\"", false}, {80, "\"B\"", true},
+        {60, "\"C\"", true},  {50, "\"C\"", true},        {49, "\"C\"", false},  {80, "\"B\"", true},
         {79, "\"B\"", false}, {80, "\"B\", \"C\"", true}, {100, "\"A\"", false}, {100, "", false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -271,10 +300,17 @@ Test(lint, min_score_above_what_grades_allow)
 Test(lint, overlap_in_different_niches_is_fine)
 {
     static const char text[] =
+
         "niches = ( { name = \"roof\"; }, { name = \"solar\"; } );\n"
         "dealers = (\n"
-        "  { id = \"ex-roof\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; zips = [ \"503*\" ]; radius = { lat = 41.59; lon = -93.62; km = 50.0; }; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-solar\"; niches = [ \"solar\" ]; territory = { states = [ \"IA\" ]; zips = [ \"50309\" ]; radius = { lat = 41.60; lon = -93.62; km = 50.0; }; }; contract = { exclusive = true; }; }\n"
+        "  { id = \"ex-roof\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; zips = [ \"503*\" ]; radius = { lat = 41.59; lon = -93.62; "
+        "km = 50.0; }; };\n"
+        "    contract = { exclusive = true; }; },\n"
+        "  { id = \"ex-solar\"; niches = [ \"solar\" ];\n"
+        "    territory = { states = [ \"IA\" ]; zips = [ \"50309\" ]; radius = { lat = 41.60; lon = -93.62; "
+        "km = 50.0; }; };\n"
+        "    contract = { exclusive = true; }; }\n"
         ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
@@ -285,14 +321,28 @@ Test(lint, overlap_in_different_niches_is_fine)
 Test(lint, clean_config_is_silent)
 {
     static const char text[] =
-        "scoring = { grades = ( { grade = \"A\"; min = 80; }, { grade = \"B\"; min = 50; }, { grade = \"C\"; min = 0; } ); };\n"
-        "niches = ( { name = \"roof\"; sources = [ \"roofs.example\" ]; }, { name = \"solar\"; strategy = \"nearest\"; } );\n"
+
+        "scoring = { grades = ( { grade = \"A\"; min = 80; }, { grade = \"B\"; min = 50; }, { grade = \"C\"; "
+        "min = 0; } ); };\n"
+        "niches = ( { name = \"roof\"; sources = [ \"roofs.example\" ]; }, { name = \"solar\"; strategy = "
+        "\"nearest\"; } );\n"
         "dealers = (\n"
-        "  { id = \"ex-ia\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { exclusive = true; overflow = \"hold\"; caps = { hour = 5; day = 20; week = 100; month = 400; }; }; },\n"
-        "  { id = \"ex-ne\"; niches = [ \"roof\" ]; territory = { states = [ \"NE\" ]; zips = [ \"681*\" ]; }; contract = { exclusive = true; min_score = 70; grades = [ \"A\", \"B\" ]; }; },\n"
-        "  { id = \"shared\"; niches = [ \"roof\", \"solar\" ]; territory = { states = [ \"IA\", \"NE\" ]; zips = [ \"50309\" ]; }; contract = { caps = { day = 50; }; }; },\n"
-        "  { id = \"sun-dsm\"; niches = [ \"solar\" ]; territory = { radius = { lat = 41.59; lon = -93.62; km = 20.0; }; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"sun-ames\"; niches = [ \"solar\" ]; territory = { radius = { lat = 42.03; lon = -93.62; km = 20.0; }; }; contract = { exclusive = true; }; }\n"
+        "  { id = \"ex-ia\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"IA\" ]; };\n"
+        "    contract = { exclusive = true; overflow = \"hold\"; caps = { hour = 5; day = 20; week = 100; "
+        "month = 400; }; }; },\n"
+        "  { id = \"ex-ne\"; niches = [ \"roof\" ];\n"
+        "    territory = { states = [ \"NE\" ]; zips = [ \"681*\" ]; };\n"
+        "    contract = { exclusive = true; min_score = 70; grades = [ \"A\", \"B\" ]; }; },\n"
+        "  { id = \"shared\"; niches = [ \"roof\", \"solar\" ];\n"
+        "    territory = { states = [ \"IA\", \"NE\" ]; zips = [ \"50309\" ]; };\n"
+        "    contract = { caps = { day = 50; }; }; },\n"
+        "  { id = \"sun-dsm\"; niches = [ \"solar\" ];\n"
+        "    territory = { radius = { lat = 41.59; lon = -93.62; km = 20.0; }; };\n"
+        "    contract = { exclusive = true; }; },\n"
+        "  { id = \"sun-ames\"; niches = [ \"solar\" ];\n"
+        "    territory = { radius = { lat = 42.03; lon = -93.62; km = 20.0; }; };\n"
+        "    contract = { exclusive = true; }; }\n"
         ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
@@ -302,13 +352,16 @@ Test(lint, clean_config_is_silent)
 
 Test(lint, several_findings_add_up)
 {
-    static const char text[] =
-        "niches = ( { name = \"roof\"; }, { name = \"pools\"; } );\n"
-        "dealers = (\n"
-        "  { id = \"ex-1\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { exclusive = true; }; },\n"
-        "  { id = \"ex-2\"; niches = [ \"roof\" ]; territory = { states = [ \"IA\" ]; }; contract = { exclusive = true; caps = { hour = 9; day = 3; }; }; },\n"
-        "  { id = \"lost\"; niches = [ \"roof\" ]; }\n"
-        ");\n";
+    static const char text[] = "niches = ( { name = \"roof\"; }, { name = \"pools\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"ex-1\"; niches = [ \"roof\" ];\n"
+                               "    territory = { states = [ \"IA\" ]; };\n"
+                               "    contract = { exclusive = true; }; },\n"
+                               "  { id = \"ex-2\"; niches = [ \"roof\" ];\n"
+                               "    territory = { states = [ \"IA\" ]; };\n"
+                               "    contract = { exclusive = true; caps = { hour = 9; day = 3; }; }; },\n"
+                               "  { id = \"lost\"; niches = [ \"roof\" ]; }\n"
+                               ");\n";
     struct warnings w;
     struct cfg *c = lint(text, &w);
     cr_assert_eq(w.n, 4, "expected overlap, caps, empty territory, unserved niche:\n%s", w.text);

@@ -374,50 +374,6 @@ Test(tzdb, leaves_tz_as_found)
     unsetenv("TZ");
 }
 
-static double ms_since(const struct timespec *a)
-{
-    struct timespec b;
-    clock_gettime(CLOCK_MONOTONIC, &b);
-    return (double)(b.tv_sec - a->tv_sec) * 1e3 + (double)(b.tv_nsec - a->tv_nsec) / 1e6;
-}
-
-Test(tzdb, loads_fast)
-{
-    /* The yardstick is libc itself, so the test holds under sanitizers and
-     * valgrind: a naive daily walk would spend this long on 2038-2099 alone,
-     * where glibc re-parses the zone's rule on every call. */
-    cr_assert_eq(setenv("TZ", "Europe/London", 1), 0);
-    tzset();
-    struct timespec a;
-    clock_gettime(CLOCK_MONOTONIC, &a);
-    long sum = 0;
-    for (time_t t = (time_t)utc(2038, 1, 1, 0, 0, 0); t < (time_t)utc(2100, 1, 1, 0, 0, 0); t += 86400) {
-        struct tm tm;
-        localtime_r(&t, &tm);
-        sum += tm.tm_gmtoff;
-    }
-    double naive_tail = ms_since(&a);
-    unsetenv("TZ");
-    tzset();
-    cr_log_info("naive daily walk of Europe/London over 2038-2099: %.2f ms (%ld)", naive_tail, sum);
-
-    const char *zones[] = {"America/Chicago", "Europe/London", "Australia/Lord_Howe", "Asia/Kolkata"};
-    for (size_t i = 0; i < sizeof zones / sizeof zones[0]; i++) {
-        /* Best of three: other work on the machine only ever adds time. */
-        double best = 1e9;
-        for (int k = 0; k < 3; k++) {
-            clock_gettime(CLOCK_MONOTONIC, &a);
-            struct lr_tz *tz = load(zones[i]);
-            double ms = ms_since(&a);
-            best = ms < best ? ms : best;
-            lr_tz_free(tz);
-        }
-        cr_log_info("tzdb_load(%s): %.2f ms", zones[i], best);
-        cr_expect(best < naive_tail, "tzdb_load(%s) took %.2f ms, a naive walk's tail alone %.2f ms",
-                  zones[i], best, naive_tail);
-    }
-}
-
 /* A TZDIR of our own: zone files that are broken, truncated or not files. */
 static char tzdir[64];
 
