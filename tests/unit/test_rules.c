@@ -7,10 +7,10 @@
 
 #include "rtest.h"
 
-#define S(lit)                                                                                               \
-    {                                                                                                        \
-        (lit), sizeof(lit) - 1                                                                               \
-    }
+/* clang-format off */
+/* An lr_str initializer of a string literal. */
+#define S(lit) {(lit), sizeof(lit) - 1}
+/* clang-format on */
 
 /* Kilometres per degree of latitude on the haversine sphere (R 6371 km). */
 #define KM_PER_DEG (6371.0 * M_PI / 180.0)
@@ -29,8 +29,8 @@ static int niche_ix(const struct rt *r, const char *name)
 
 static const char niche_conf[] =
     "niches = (\n"
-    "  { name = \"solar\"; sources = [ \"SunQuote.example\", \"shared.example\" ]; keywords = [ \"Panel\" ]; "
-    "},\n"
+    "  { name = \"solar\"; sources = [ \"SunQuote.example\", \"shared.example\" ];\n"
+    "    keywords = [ \"Panel\" ]; },\n"
     "  { name = \"roof\"; sources = [ \"roofs.example\", \"shared.example\", \"spring-promo\" ];\n"
     "    keywords = [ \"shingle\", \"roof\" ]; },\n"
     "  { name = \"hvac\"; keywords = [ \"furnace\", \"roof\" ]; }\n"
@@ -221,6 +221,26 @@ Test(score, clamped_to_0_100)
     expect_score(&r, big, 2, 100, "A", true);
     const struct lead_signal mixed[] = {{S("web"), 9}, {S("demo"), -95}}; /* -5 */
     expect_score(&r, mixed, 2, 0, "C", false);
+    rt_close(&r);
+}
+
+Test(score, overflowing_sums_stay_in_range)
+{
+    struct rt r;
+    rt_open(&r, score_conf);
+    /* Finite signals (the codec refuses others) whose products overflow. */
+    const struct lead_signal up[] = {{S("web"), 1e308}};
+    expect_score(&r, up, 1, 100, "A", true);
+    const struct lead_signal down[] = {{S("web"), -1e308}};
+    expect_score(&r, down, 1, 0, "C", false);
+    const struct lead_signal both[] = {{S("web"), 1e308}, {S("demo"), -1e308}, {S("web"), -1e308}};
+    struct lead l = lead_mk("s", "roof", "IA", NULL);
+    l.signals = both;
+    l.n_signals = 3;
+    rt_decide(&r, &l);
+    cr_assert(r.d.score >= 0 && r.d.score <= 100, "score %d", r.d.score);
+    const struct lead_signal tiny[] = {{S("web"), 1e-300}, {S("email"), 0.999}}; /* 0.4995 */
+    expect_score(&r, tiny, 2, 0, "C", false);
     rt_close(&r);
 }
 
@@ -1485,22 +1505,13 @@ static const char filter_conf[] =
     "                             { field = \"fields.c\"; eq = 3; } ); }; }\n"
     ");\n";
 
-#define FV_BOOL(x)                                                                                           \
-    {                                                                                                        \
-        .type = LEAD_V_BOOL, .b = (x)                                                                        \
-    }
-#define FV_INT(x)                                                                                            \
-    {                                                                                                        \
-        .type = LEAD_V_INT, .i = (x)                                                                         \
-    }
-#define FV_FLOAT(x)                                                                                          \
-    {                                                                                                        \
-        .type = LEAD_V_FLOAT, .f = (x)                                                                       \
-    }
-#define FV_STR(x)                                                                                            \
-    {                                                                                                        \
-        .type = LEAD_V_STR, .s = S(x)                                                                        \
-    }
+/* clang-format off */
+/* Initializers of custom field values. */
+#define FV_BOOL(x) {.type = LEAD_V_BOOL, .b = (x)}
+#define FV_INT(x) {.type = LEAD_V_INT, .i = (x)}
+#define FV_FLOAT(x) {.type = LEAD_V_FLOAT, .f = (x)}
+#define FV_STR(x) {.type = LEAD_V_STR, .s = S(x)}
+/* clang-format on */
 
 struct expect {
     const char *id;
