@@ -21,6 +21,9 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->n_fkeys = t->n_fkeys;
     s->fgen = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fgen);
     s->fval = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fval);
+    s->n_rids = t->n_rids;
+    s->rgen = calloc(t->n_rids ? t->n_rids : 1, sizeof *s->rgen);
+    s->rval = calloc(t->n_rids ? t->n_rids : 1, sizeof *s->rval);
     s->verdicts = calloc(n, sizeof *s->verdicts);
     s->cand = calloc(n, sizeof *s->cand);
     s->key = calloc(n, sizeof *s->key);
@@ -28,7 +31,7 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->tmpv = calloc(n, sizeof *s->tmpv);
     s->n_tzs = t->n_tzs;
     s->tzc = calloc(t->n_tzs ? t->n_tzs : 1, sizeof *s->tzc);
-    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
+    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
         rules_scratch_free(s);
         return NULL;
     }
@@ -47,6 +50,8 @@ void rules_scratch_free(struct rules_scratch *s)
     free(s->mrg_b);
     free(s->fgen);
     free(s->fval);
+    free(s->rgen);
+    free(s->rval);
     free(s->verdicts);
     free(s->cand);
     free(s->key);
@@ -287,11 +292,19 @@ static enum rules_why contract_check(const struct rules_table *t, struct rules_s
         return WHY_MIN_SCORE;
     if (h->grades && !(h->grades & (1u << grade)))
         return WHY_GRADE;
-    for (uint32_t i = 0; i < h->n_filt; i++)
-        if (!filter_pass(t, sc, i == 0 ? &h->cf0 : &t->cfilters[h->filt_off + i - 1], l, score)) {
+    for (uint32_t i = 0; i < h->n_filt; i++) {
+        /* The first filter's memo id is in the dealer's line: the filter
+         * itself is read only when this lead has not met it yet. */
+        uint32_t rid = i == 0 ? h->rid0 : t->cfilters[h->filt_off + i].rid;
+        if (sc->rgen[rid] != sc->dgen) {
+            sc->rval[rid] = filter_pass(t, sc, &t->cfilters[h->filt_off + i], l, score);
+            sc->rgen[rid] = sc->dgen;
+        }
+        if (!sc->rval[rid]) {
             *detail = (uint16_t)i;
             return WHY_FILTER;
         }
+    }
     return WHY_CANDIDATE;
 }
 
@@ -408,6 +421,7 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     d->n_verdicts = h.n;
     if (++s->dgen == 0) { /* wrapped: forget every memo */
         memset(s->fgen, 0, s->n_fkeys * sizeof *s->fgen);
+        memset(s->rgen, 0, s->n_rids * sizeof *s->rgen);
         s->dgen = 1;
     }
 

@@ -45,9 +45,23 @@ void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint3
 /* Squared chord between dealer di's radius centre and unit vector u. */
 static inline double terr_chord2(const struct rules_table *t, uint32_t di, const double u[3])
 {
-    const struct rules_hot *g = &t->hot[di];
-    double dx = g->gx - u[0], dy = g->gy - u[1], dz = g->gz - u[2];
+    const struct rules_geo_exact *g = &t->geo_exact[di];
+    double dx = g->x - u[0], dy = g->y - u[1], dz = g->z - u[2];
     return dx * dx + dy * dy + dz * dz;
+}
+
+/* Is unit vector u within dealer di's radius? Floats first; the doubles
+ * only when the floats are too close to the edge to tell. */
+static inline bool terr_in_radius(const struct rules_table *t, uint32_t di, const double u[3], const float uf[3])
+{
+    const struct rules_geo *g = &t->geo[di];
+    float dx = g->x - uf[0], dy = g->y - uf[1], dz = g->z - uf[2];
+    float c2 = dx * dx + dy * dy + dz * dz;
+    if (c2 < g->in)
+        return true;
+    if (c2 > g->out)
+        return false;
+    return terr_chord2(t, di, u) <= t->geo_exact[di].chord2;
 }
 
 /* Starts loading the index entries a lookup of l in niche will read. */
@@ -77,6 +91,10 @@ struct rules_scratch {
     uint32_t *fgen;
     const struct lead_field **fval;
     uint32_t n_fkeys;
+    /* Result of each distinct filter for this lead (valid when rgen[i] == dgen). */
+    uint32_t *rgen;
+    uint8_t *rval;
+    uint32_t n_rids;
 };
 
 /* The most telling unassigned reason of a decision that picked nobody. */

@@ -186,6 +186,8 @@ void rules_table_free(struct rules_table *t)
     classify_free(t->cls);
     free(t->hot);
     free(t->cfilters);
+    free(t->geo);
+    free(t->geo_exact);
     free(t->fkeys);
     free(t);
 }
@@ -273,8 +275,73 @@ void rules_geo_point(double lat, double lon, double out[3])
     out[2] = sin(la);
 }
 
-static int compile_filter(struct rules_table *t, struct rules_filter *f, struct rules_cfilter *cf)
+static bool scalar_same(const struct lead_value *a, const struct lead_value *b)
 {
+    if (a->type != b->type)
+        return false;
+    switch (a->type) {
+    case LEAD_V_BOOL:
+        return a->b == b->b;
+    case LEAD_V_INT:
+        return a->i == b->i;
+    case LEAD_V_FLOAT:
+        return a->f == b->f;
+    case LEAD_V_STR:
+        return a->s.len == b->s.len && memcmp(a->s.p, b->s.p, a->s.len) == 0;
+    default:
+        return true;
+    }
+}
+
+static bool filter_same(const struct rules_filter *a, const struct rules_filter *b)
+{
+    if (a->target != b->target || a->op != b->op || a->n_vals != b->n_vals || a->num != b->num ||
+        a->exists != b->exists || (a->target == FT_FIELD && strcmp(a->key, b->key) != 0))
+        return false;
+    for (uint32_t i = 0; i < a->n_vals; i++)
+        if (!scalar_same(&a->vals[i], &b->vals[i]))
+            return false;
+    return true;
+}
+
+static uint64_t filter_sig(const struct rules_filter *f)
+{
+    uint64_t h = (uint64_t)f->target * 31 + (uint64_t)f->op * 7 + f->n_vals + (f->exists ? 1000 : 0);
+    for (const char *p = f->key; p && *p; p++)
+        h = (h ^ (unsigned char)*p) * 0x100000001b3ULL;
+    if (f->n_vals && f->vals[0].type != LEAD_V_STR)
+        h ^= (uint64_t)f->vals[0].i * 0x9e3779b97f4a7c15ULL; /* the union's bits */
+    return h;
+}
+
+/* Gives identical filters one result id (a hash of signatures, checked
+ * for real equality), so a decision evaluates each distinct filter once. */
+struct rid_map {
+    uint64_t *sig;
+    const struct rules_filter **rep;
+    uint32_t *rid;
+    uint32_t mask;
+};
+
+static uint32_t rid_of(struct rules_table *t, struct rid_map *m, const struct rules_filter *f)
+{
+    uint64_t sig = filter_sig(f) | 1;
+    for (uint32_t p = (uint32_t)sig & m->mask;; p = (p + 1) & m->mask) {
+        if (!m->sig[p]) {
+            m->sig[p] = sig;
+            m->rep[p] = f;
+            m->rid[p] = t->n_rids++;
+            return m->rid[p];
+        }
+        if (m->sig[p] == sig && filter_same(m->rep[p], f))
+            return m->rid[p];
+    }
+}
+
+static int compile_filter(struct rules_table *t, struct rid_map *m, struct rules_filter *f,
+                          struct rules_cfilter *cf)
+{
+    cf->rid = rid_of(t, m, f);
     f->key_len = f->key ? (uint32_t)strlen(f->key) : 0;
     cf->target = (uint8_t)f->target;
     cf->op = (uint8_t)f->op;
@@ -307,10 +374,23 @@ static int compile_hot(struct rules_table *t)
         nf += t->dealers[i].n_filters;
     t->hot = smap_alloc_table(n * sizeof *t->hot);
     t->cfilters = calloc(nf, sizeof *t->cfilters);
-    if (!t->hot || !t->cfilters)
+    t->geo = smap_alloc_table(n * sizeof *t->geo);
+    t->geo_exact = calloc(n, sizeof *t->geo_exact);
+    if (!t->hot || !t->cfilters || !t->geo || !t->geo_exact)
         return -1;
+    struct rid_map m = {0};
+    uint32_t size = 16;
+    while (size < nf * 2)
+        size <<= 1;
+    m.mask = size - 1;
+    m.sig = calloc(size, sizeof *m.sig);
+    m.rep = calloc(size, sizeof *m.rep);
+    m.rid = calloc(size, sizeof *m.rid);
+    int rc = 0;
+    if (!m.sig || !m.rep || !m.rid)
+        rc = -1;
     uint32_t fo = 0;
-    for (uint32_t i = 0; i < t->n_dealers; i++) {
+    for (uint32_t i = 0; i < t->n_dealers && rc == 0; i++) {
         struct rules_dealer *d = &t->dealers[i];
         struct rules_hot *h = &t->hot[i];
         h->grades = d->grades;
@@ -327,22 +407,29 @@ static int compile_hot(struct rules_table *t)
                              (d->hours.set ? RHOT_HOURS : 0) | (d->has_radius ? RHOT_RADIUS : 0));
         h->n_filt = d->n_filters;
         h->filt_off = fo;
-        for (uint32_t k = 0; k < d->n_filters; k++)
-            if (compile_filter(t, &d->filters[k], k == 0 ? &h->cf0 : &t->cfilters[fo++]))
-                return -1;
+        for (uint32_t k = 0; k < d->n_filters && rc == 0; k++)
+            rc = compile_filter(t, &m, &d->filters[k], &t->cfilters[fo++]);
+        if (d->n_filters && rc == 0)
+            h->rid0 = t->cfilters[h->filt_off].rid;
         if (d->has_radius) {
             double u[3], theta = d->km / 6371.0;
             rules_geo_point(d->lat, d->lon, u);
             double c = theta >= M_PI ? 2.0 : 2.0 * sin(theta / 2);
-            h->gx = u[0];
-            h->gy = u[1];
-            h->gz = u[2];
-            h->chord2 = c * c;
+            t->geo_exact[i] = (struct rules_geo_exact){u[0], u[1], u[2], c * c};
+            /* Float components are off by up to ~6e-8 each, on both sides:
+             * the squared chord by up to ~6 * 1.2e-7 * c. Keep a band of
+             * four times that where the doubles decide. */
+            double band = 4 * 6 * 1.2e-7 * (c > 1e-6 ? c : 1e-6);
+            t->geo[i] = (struct rules_geo){(float)u[0], (float)u[1], (float)u[2], (float)(c * c - band),
+                                           (float)(c * c + band)};
         }
     }
+    free(m.sig);
+    free(m.rep);
+    free(m.rid);
     for (uint32_t i = 0; i < t->n_weights; i++)
         t->weights[i].signal_len = (uint32_t)strlen(t->weights[i].signal);
-    return 0;
+    return rc;
 }
 
 int rules_table_compile(struct rules_table *t, char *err, size_t errlen)

@@ -158,9 +158,10 @@ static void add_list(struct plist *L, int *nl, const uint32_t *v, uint32_t n, en
 static uint32_t radius_filter(const struct rules_table *t, const double *u, const uint32_t *ds, uint32_t n,
                               uint32_t *out)
 {
+    const float uf[3] = {(float)u[0], (float)u[1], (float)u[2]};
     uint32_t m = 0;
     for (uint32_t i = 0; i < n; i++)
-        if (terr_chord2(t, ds[i], u) <= t->hot[ds[i]].chord2)
+        if (terr_in_radius(t, ds[i], u, uf))
             out[m++] = ds[i];
     return m;
 }
@@ -231,7 +232,6 @@ void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint3
     for (uint32_t i = 0; i < na; i++) {
         uint32_t d = (uint32_t)(acc[i] >> 8);
         __builtin_prefetch(&h->hot[d]);
-        __builtin_prefetch((const char *)&h->hot[d] + 64);
         h->v[out++] = (struct rules_verdict){.dealer = d, .rr_slot = h->rr_base + d, .match = (uint8_t)(acc[i] & 0xff)};
     }
     h->n = out;

@@ -110,15 +110,17 @@ struct rules_cfilter {
     uint8_t target, op, exists;
     uint8_t pad;
     uint32_t fid;                /* FT_FIELD: index of the field name in fkeys */
+    uint32_t rid;                /* identical filters share it: evaluated once per lead */
+    uint32_t pad2;
     double num;                  /* min / max */
     struct lead_value val;       /* eq / ne */
     const struct rules_filter *src; /* in-lists (ref) */
 };
 
-/* What every decision reads of a dealer, in one 128-byte block (two cache
- * lines): contract, hours, caps, its radius as a unit vector with the
- * squared chord of the radius ("within km" is three multiplications), and
- * its first filter. Compiled from rules_dealer. */
+/* What every decision reads of a dealer, in one cache line: contract,
+ * hours, caps, and the memo id of its first filter (filters themselves are
+ * read only when a lead meets that filter for the first time). Compiled
+ * from rules_dealer. */
 enum { RHOT_EXCLUSIVE = 1, RHOT_HOLD = 2, RHOT_HOURS = 4, RHOT_RADIUS = 8 };
 struct rules_hot {
     uint32_t grades;
@@ -131,11 +133,21 @@ struct rules_hot {
     uint8_t flags;               /* RHOT_* */
     uint32_t max_pending;
     uint32_t caps[PERIOD_N];
-    uint32_t n_filt;             /* filters: cf0, then cfilters[filt_off ...] */
+    uint32_t n_filt;             /* its filters: cfilters[filt_off ... + n_filt) */
     uint32_t filt_off;
-    double gx, gy, gz, chord2;   /* radius, when RHOT_RADIUS */
-    struct rules_cfilter cf0;
+    uint32_t rid0;               /* cfilters[filt_off].rid */
 } __attribute__((aligned(64)));
+
+/* A radius centre as a unit vector and the squared chord of the radius:
+ * "within km" is three multiplications. Compact floats decide every lead
+ * clearly inside (squared chord < in) or outside (> out); the doubles
+ * decide the few within float error of the edge (tens of metres). */
+struct rules_geo {
+    float x, y, z, in, out;
+};
+struct rules_geo_exact {
+    double x, y, z, chord2;
+};
 
 struct terr_index;
 struct rules_classify;
@@ -160,9 +172,12 @@ struct rules_table {
     bool compiled;
     uint32_t n_rr_slots;         /* rotation state size: n_niches * n_dealers */
     struct rules_hot *hot;       /* per dealer (owned) */
-    struct rules_cfilter *cfilters; /* dealers' second and later filters (owned) */
+    struct rules_cfilter *cfilters; /* every dealer's filters, dealer order (owned) */
+    struct rules_geo *geo;       /* per dealer, when it has a radius (owned) */
+    struct rules_geo_exact *geo_exact; /* the same in doubles (owned) */
     const char **fkeys;          /* distinct filter field names (owned array, ref strings) */
     uint32_t n_fkeys;
+    uint32_t n_rids;             /* distinct filters */
     struct terr_index *terr;     /* owned */
     struct rules_classify *cls;  /* owned */
 };

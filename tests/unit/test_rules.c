@@ -2230,3 +2230,54 @@ Test(explain, code_names_are_stable)
             cr_assert_str_neq(s, rules_why_str((enum rules_why)v), "whys %d and %d share a name", v, w);
     }
 }
+
+/* The radius test runs on floats first and on doubles near the edge: it
+ * must agree with the great-circle distance for points just inside and
+ * just outside, at every bearing, for a small and a large radius. */
+static const char *edge_conf = "niches = ( { name = \"roof\"; } );\n"
+                               "dealers = (\n"
+                               "  { id = \"small\"; niches = [ \"roof\" ];\n"
+                               "    territory = { radius = { lat = 41.59; lon = -93.62; km = 20.0; }; }; },\n"
+                               "  { id = \"large\"; niches = [ \"roof\" ];\n"
+                               "    territory = { radius = { lat = -33.9; lon = 151.2; km = 1500.0; }; }; } );\n";
+
+static void destination(double lat, double lon, double km, double bearing, double *olat, double *olon)
+{
+    double r = M_PI / 180.0, d = km / 6371.0, la = lat * r, lo = lon * r, b = bearing * r;
+    double la2 = asin(sin(la) * cos(d) + cos(la) * sin(d) * cos(b));
+    double lo2 = lo + atan2(sin(b) * sin(d) * cos(la), cos(d) - sin(la) * sin(la2));
+    *olat = la2 / r;
+    *olon = remainder(lo2 / r, 360.0);
+}
+
+Test(territory, radius_edge_agrees_with_great_circle)
+{
+    struct rt r;
+    rt_open(&r, edge_conf);
+    static const struct {
+        double lat, lon, km;
+        const char *id;
+    } c[] = {{41.59, -93.62, 20.0, "small"}, {-33.9, 151.2, 1500.0, "large"}};
+    uint64_t seed = 12345;
+    int inside = 0, outside = 0;
+    for (int i = 0; i < 20000; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        int k = (int)(seed >> 63);
+        double bearing = (double)((seed >> 20) % 36000) / 100.0;
+        /* 5 cm to 3 m from the edge, inside or outside: within float
+         * error, so the exact path must decide. */
+        double off = (0.05 + (double)((seed >> 8) % 300) / 100.0) / 1000.0 * ((seed >> 40) & 1 ? 1 : -1);
+        double lat, lon;
+        destination(c[k].lat, c[k].lon, c[k].km + off, bearing, &lat, &lon);
+        bool expect = rules_distance_km(c[k].lat, c[k].lon, lat, lon) <= c[k].km;
+        struct lead l = lead_mk("edge", "roof", NULL, NULL);
+        lead_geo(&l, lat, lon);
+        rt_decide(&r, &l);
+        bool got = rt_verdict(&r, c[k].id) != NULL;
+        cr_assert_eq(got, expect, "%s: %.4f km off the edge at bearing %.2f: got %d", c[k].id, off, bearing, got);
+        expect ? inside++ : outside++;
+    }
+    cr_expect_gt(inside, 5000);
+    cr_expect_gt(outside, 5000);
+    rt_close(&r);
+}
