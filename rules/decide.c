@@ -21,6 +21,7 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->n_fkeys = t->n_fkeys;
     s->fgen = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fgen);
     s->fval = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fval);
+    s->pre = calloc(RULES_PRE_RING, sizeof *s->pre);
     s->n_rids = t->n_rids;
     s->rgen = calloc(t->n_rids ? t->n_rids : 1, sizeof *s->rgen);
     s->rval = calloc(t->n_rids ? t->n_rids : 1, sizeof *s->rval);
@@ -31,7 +32,7 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->tmpv = calloc(n, sizeof *s->tmpv);
     s->n_tzs = t->n_tzs;
     s->tzc = calloc(t->n_tzs ? t->n_tzs : 1, sizeof *s->tzc);
-    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
+    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->pre || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
         rules_scratch_free(s);
         return NULL;
     }
@@ -50,6 +51,7 @@ void rules_scratch_free(struct rules_scratch *s)
     free(s->mrg_b);
     free(s->fgen);
     free(s->fval);
+    free(s->pre);
     free(s->rgen);
     free(s->rval);
     free(s->verdicts);
@@ -383,12 +385,47 @@ static bool excluded(const struct rules_input *in, uint32_t d)
     return false;
 }
 
-void rules_prefetch(const struct rules_table *t, const struct lead *l)
+static uint64_t id_hash(const struct lead *l)
 {
-    enum rules_how how;
-    int niche = classify(t, l, &how);
-    if (niche >= 0)
-        terr_prefetch(t->terr, (uint32_t)niche, l);
+    return smap_hash(0, l->id.p, l->id.len);
+}
+
+/* The ring entry of l: same address and same id (the memory of a lead
+ * prefetched but never decided may hold another lead by now). */
+static struct rules_pre *pre_find(struct rules_scratch *s, const struct lead *l)
+{
+    for (uint32_t i = 0; i < RULES_PRE_RING; i++)
+        if (s->pre_l[i] == l) {
+            if (s->pre[i].id_hash == id_hash(l))
+                return &s->pre[i];
+            s->pre_l[i] = NULL; /* stale */
+        }
+    return NULL;
+}
+
+void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage)
+{
+    struct rules_pre *e = pre_find(s, l);
+    if (stage == 0 || !e) {
+        if (!e) {
+            uint32_t i = s->pre_next++ % RULES_PRE_RING;
+            e = &s->pre[i];
+            s->pre_l[i] = l;
+            e->id_hash = id_hash(l);
+        }
+        e->stage = 0;
+        e->niche = classify(t, l, &e->how);
+        if (e->niche < 0)
+            return;
+        terr_keys(t->terr, (uint32_t)e->niche, l, &e->k);
+        terr_prefetch_slots(t->terr, &e->k);
+        return;
+    }
+    if (e->niche < 0 || e->stage == 1)
+        return;
+    e->nl = terr_postings(t->terr, &e->k, e->L);
+    e->stage = 1;
+    terr_prefetch_dealers(t, e->L, e->nl);
 }
 
 void rules_decide(const struct rules_table *t, struct rules_scratch *s, const struct lead *l,
@@ -403,7 +440,15 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     d->picked_stage = -1;
     d->owners = d->hold = false;
     d->sortkey = s->key;
-    d->niche = classify(t, l, &d->how);
+    /* Reuse what rules_prefetch computed for this lead, if anything. */
+    struct rules_pre *pre = pre_find(s, l);
+    if (pre) {
+        s->pre_l[pre - s->pre] = NULL; /* used once: the caller may reuse the lead's memory */
+        d->niche = pre->niche;
+        d->how = pre->how;
+    } else {
+        d->niche = classify(t, l, &d->how);
+    }
     d->score = score_of(t, l, &d->score_computed);
     d->grade = grade_of(t, d->score);
     d->hot = (t->hot_grades >> d->grade) & 1u;
@@ -417,7 +462,17 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     struct terr_hits h = {.u = d->geo, .hot = t->hot, .rr_base = (uint32_t)d->niche * t->n_dealers, .rad_a = s->rad_a, .rad_b = s->rad_b,
                           .mrg_a = s->mrg_a, .mrg_b = s->mrg_b,
                           .v = s->verdicts};
-    terr_lookup(t->terr, t, (uint32_t)d->niche, l, &h);
+    if (pre && pre->stage == 1) {
+        terr_merge(t, pre->L, pre->nl, &h);
+    } else {
+        struct terr_keys kbuf, *k = &kbuf;
+        struct plist L[TERR_MAX_KEYS + 1];
+        if (pre)
+            k = &pre->k;
+        else
+            terr_keys(t->terr, (uint32_t)d->niche, l, k);
+        terr_merge(t, L, terr_postings(t->terr, k, L), &h);
+    }
     d->n_verdicts = h.n;
     if (++s->dgen == 0) { /* wrapped: forget every memo */
         memset(s->fgen, 0, s->n_fkeys * sizeof *s->fgen);

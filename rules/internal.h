@@ -40,8 +40,6 @@ struct terr_hits {
 
 int terr_build(struct terr_index *ti, const struct rules_table *t);
 void terr_free(struct terr_index *ti);
-void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint32_t niche, const struct lead *l,
-                 struct terr_hits *h);
 /* Squared chord between dealer di's radius centre and unit vector u. */
 static inline double terr_chord2(const struct rules_table *t, uint32_t di, const double u[3])
 {
@@ -64,8 +62,47 @@ static inline bool terr_in_radius(const struct rules_table *t, uint32_t di, cons
     return terr_chord2(t, di, u) <= t->geo_exact[di].chord2;
 }
 
-/* Starts loading the index entries a lookup of l in niche will read. */
-void terr_prefetch(const struct terr_index *ti, uint32_t niche, const struct lead *l);
+/* The index lookups one lead needs: folded keys and their hashes. */
+enum terr_map { TM_ZIP, TM_PREFIX, TM_STATE, TM_CELL };
+#define TERR_MAX_KEYS 36
+struct terr_keys {
+    uint16_t ns;
+    uint8_t n;
+    uint8_t map[TERR_MAX_KEYS];  /* enum terr_map */
+    uint8_t len[TERR_MAX_KEYS];
+    uint64_t hash[TERR_MAX_KEYS];
+    char zip[SMAP_MAX_KEY], state[SMAP_MAX_KEY], cell[4];
+};
+
+/* A posting list: dealers ascending (config order), and how they match. */
+struct plist {
+    const uint32_t *v;
+    uint32_t n;
+    uint8_t match;
+    uint8_t radius; /* grid cell: still to be checked against the radius */
+};
+
+void terr_keys(const struct terr_index *ti, uint32_t niche, const struct lead *l, struct terr_keys *k);
+void terr_prefetch_slots(const struct terr_index *ti, const struct terr_keys *k);
+/* Resolves the keys into posting lists (L: TERR_MAX_KEYS + 1 entries). */
+int terr_postings(const struct terr_index *ti, const struct terr_keys *k, struct plist *L);
+/* Starts loading the dealer lines the posting lists name. */
+void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl);
+/* Radius checks and the merge into h->v. */
+void terr_merge(const struct rules_table *t, struct plist *L, int nl, struct terr_hits *h);
+
+/* A lead seen by rules_prefetch: what was computed for it, kept for
+ * rules_decide so that no work is done twice. */
+#define RULES_PRE_RING 32
+struct rules_pre {
+    uint64_t id_hash;      /* the lead's id: its memory may hold another lead later */
+    int stage;             /* 0: keys; 1: posting lists too */
+    int niche;
+    enum rules_how how;
+    struct terr_keys k;
+    int nl;
+    struct plist L[TERR_MAX_KEYS + 1];
+};
 
 /* Local wall-clock minute and weekday of one zone, cached per minute. */
 struct tz_cache {
@@ -85,6 +122,9 @@ struct rules_scratch {
     uint32_t n_tzs;
     struct tz_cache *tzc;
     uint64_t *mrg_a, *mrg_b;  /* merge buffers of terr_lookup */
+    struct rules_pre *pre;    /* RULES_PRE_RING entries */
+    const struct lead *pre_l[RULES_PRE_RING]; /* their leads (NULL: free), apart to scan fast */
+    uint32_t pre_next;
     /* The lead's value of each interned filter field, looked up at most
      * once per decision (valid when fgen[i] == dgen). */
     uint32_t dgen;

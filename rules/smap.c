@@ -15,7 +15,7 @@ struct smap_item {
 
 /* A word-at-a-time multiplicative hash of (ns, key); never 0 (0 marks an
  * empty slot). Keys are short, so a few multiplications. */
-static uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
+uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
 {
     const uint64_t k = 0x9fb21c651e98df25ULL;
     uint64_t h = (0x243f6a8885a308d3ULL ^ ns) * k ^ len;
@@ -184,10 +184,15 @@ static inline bool key_eq(const char *a, const char *b, size_t len)
 
 const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n)
 {
+    return smap_get_h(m, ns, key, len, smap_hash(ns, key, len), n);
+}
+
+const uint32_t *smap_get_h(const struct smap *m, uint16_t ns, const char *key, size_t len, uint64_t h,
+                           uint32_t *n)
+{
     *n = 0;
     if (!m->slots)
         return NULL;
-    uint64_t h = smap_hash(ns, key, len);
     for (uint32_t p = (uint32_t)h & m->mask;; p = (p + 1) & m->mask) {
         const struct smap_slot *s = &m->slots[p];
         if (!s->hash)
@@ -200,10 +205,14 @@ const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, siz
     }
 }
 
-void smap_prefetch(const struct smap *m, uint16_t ns, const char *key, size_t len)
+void smap_prefetch_h(const struct smap *m, uint64_t h)
 {
-    if (m->slots)
-        __builtin_prefetch(&m->slots[(uint32_t)smap_hash(ns, key, len) & m->mask]);
+    if (!m->slots)
+        return;
+    /* The home slot, and the next one a collision would probe. */
+    uint32_t p = (uint32_t)h & m->mask;
+    __builtin_prefetch(&m->slots[p]);
+    __builtin_prefetch(&m->slots[(p + 1) & m->mask]);
 }
 
 int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)

@@ -63,8 +63,12 @@ void *smap_alloc_table(size_t bytes);
 /* The values of (ns, key), or NULL with *n = 0. */
 const uint32_t *smap_get(const struct smap *m, uint16_t ns, const char *key, size_t len, uint32_t *n);
 
-/* Starts loading the slot of (ns, key) into the cache. */
-void smap_prefetch(const struct smap *m, uint16_t ns, const char *key, size_t len);
+/* The hash of (ns, key), for the _h variants that take it precomputed. */
+uint64_t smap_hash(uint16_t ns, const char *key, size_t len);
+const uint32_t *smap_get_h(const struct smap *m, uint16_t ns, const char *key, size_t len, uint64_t h,
+                           uint32_t *n);
+/* Starts loading the slot of a hash into the cache. */
+void smap_prefetch_h(const struct smap *m, uint64_t h);
 
 /* Copies s into buf (SMAP_MAX_KEY bytes) lower- or upper-cased, dropping
  * spaces when strip is set; returns the length, or -1 if too long. */

@@ -119,39 +119,79 @@ void terr_free(struct terr_index *ti)
     memset(ti, 0, sizeof *ti);
 }
 
-/* Mirrors terr_lookup's keys; touches only the slots' cache lines. */
-void terr_prefetch(const struct terr_index *ti, uint32_t niche, const struct lead *l)
+static void add_key(struct terr_keys *k, enum terr_map map, const char *key, int len)
 {
-    uint16_t ns = (uint16_t)niche;
-    char buf[SMAP_MAX_KEY];
+    if (k->n == TERR_MAX_KEYS)
+        return;
+    k->map[k->n] = (uint8_t)map;
+    k->len[k->n] = (uint8_t)len;
+    k->hash[k->n] = smap_hash(k->ns, key, (size_t)len);
+    k->n++;
+}
+
+void terr_keys(const struct terr_index *ti, uint32_t niche, const struct lead *l, struct terr_keys *k)
+{
     int len;
-    if (l->zip.len && (len = smap_fold(buf, l->zip.p, l->zip.len, true, true)) > 0) {
-        smap_prefetch(&ti->zips, ns, buf, (size_t)len);
-        uint32_t lens = ti->prefix_lens[ns];
+    k->ns = (uint16_t)niche;
+    k->n = 0;
+    if (l->zip.len && (len = smap_fold(k->zip, l->zip.p, l->zip.len, true, true)) > 0) {
+        add_key(k, TM_ZIP, k->zip, len);
+        uint32_t lens = ti->prefix_lens[niche];
         for (int pl = 1; pl <= len && pl < 32; pl++)
             if (lens & (1u << pl))
-                smap_prefetch(&ti->prefixes, ns, buf, (size_t)pl);
+                add_key(k, TM_PREFIX, k->zip, pl);
     }
-    if (l->state.len && (len = smap_fold(buf, l->state.p, l->state.len, true, false)) > 0)
-        smap_prefetch(&ti->states, ns, buf, (size_t)len);
+    if (l->state.len && (len = smap_fold(k->state, l->state.p, l->state.len, true, false)) > 0)
+        add_key(k, TM_STATE, k->state, len);
     if (l->has_geo) {
-        char key[4];
-        cell_key(key, cell_lat(l->lat), cell_lon(l->lon));
-        smap_prefetch(&ti->cells, ns, key, 4);
+        cell_key(k->cell, cell_lat(l->lat), cell_lon(l->lon));
+        add_key(k, TM_CELL, k->cell, 4);
     }
 }
 
-/* A posting list to merge: dealers ascending (config order). */
-struct plist {
-    const uint32_t *v;
-    uint32_t n;
-    uint8_t match;
-};
-
-static void add_list(struct plist *L, int *nl, const uint32_t *v, uint32_t n, enum rules_match m)
+static const struct smap *key_map(const struct terr_index *ti, enum terr_map m)
 {
-    if (n)
-        L[(*nl)++] = (struct plist){v, n, (uint8_t)m};
+    return m == TM_ZIP ? &ti->zips : m == TM_PREFIX ? &ti->prefixes : m == TM_STATE ? &ti->states : &ti->cells;
+}
+
+static const char *key_bytes(const struct terr_keys *k, enum terr_map m)
+{
+    return m == TM_STATE ? k->state : m == TM_CELL ? k->cell : k->zip;
+}
+
+void terr_prefetch_slots(const struct terr_index *ti, const struct terr_keys *k)
+{
+    for (int i = 0; i < k->n; i++)
+        smap_prefetch_h(key_map(ti, (enum terr_map)k->map[i]), k->hash[i]);
+}
+
+int terr_postings(const struct terr_index *ti, const struct terr_keys *k, struct plist *L)
+{
+    static const uint8_t match[] = {[TM_ZIP] = MATCH_ZIP, [TM_PREFIX] = MATCH_PREFIX, [TM_STATE] = MATCH_STATE,
+                                    [TM_CELL] = MATCH_RADIUS};
+    int nl = 0;
+    for (int i = 0; i < k->n; i++) {
+        enum terr_map m = (enum terr_map)k->map[i];
+        uint32_t n;
+        const uint32_t *ds = smap_get_h(key_map(ti, m), k->ns, key_bytes(k, m), k->len[i], k->hash[i], &n);
+        if (n)
+            L[nl++] = (struct plist){ds, n, match[m], m == TM_CELL};
+    }
+    if (ti->n_wide[k->ns] && k->n && k->map[k->n - 1] == TM_CELL)
+        L[nl++] = (struct plist){ti->wide[k->ns], ti->n_wide[k->ns], MATCH_RADIUS, 1};
+    return nl;
+}
+
+void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl)
+{
+    for (int i = 0; i < nl; i++)
+        for (uint32_t j = 0; j < L[i].n; j++) {
+            uint32_t d = L[i].v[j];
+            if (L[i].radius)
+                __builtin_prefetch(&t->geo[d]);
+            else
+                __builtin_prefetch(&t->hot[d]);
+        }
 }
 
 /* The radius dealers of ds[0..n) whose circle holds the lead, into out. */
@@ -166,36 +206,18 @@ static uint32_t radius_filter(const struct rules_table *t, const double *u, cons
     return m;
 }
 
-void terr_lookup(const struct terr_index *ti, const struct rules_table *t, uint32_t niche, const struct lead *l,
-                 struct terr_hits *h)
+void terr_merge(const struct rules_table *t, struct plist *L, int nl, struct terr_hits *h)
 {
-    uint16_t ns = (uint16_t)niche;
-    char buf[SMAP_MAX_KEY];
-    struct plist L[36];
-    int nl = 0, len;
-    const uint32_t *ds;
-    uint32_t n;
-    if (l->zip.len && (len = smap_fold(buf, l->zip.p, l->zip.len, true, true)) > 0) {
-        ds = smap_get(&ti->zips, ns, buf, (size_t)len, &n);
-        add_list(L, &nl, ds, n, MATCH_ZIP);
-        uint32_t lens = ti->prefix_lens[ns];
-        for (int pl = 1; pl <= len && pl < 32; pl++)
-            if (lens & (1u << pl)) {
-                ds = smap_get(&ti->prefixes, ns, buf, (size_t)pl, &n);
-                add_list(L, &nl, ds, n, MATCH_PREFIX);
-            }
-    }
-    if (l->state.len && (len = smap_fold(buf, l->state.p, l->state.len, true, false)) > 0) {
-        ds = smap_get(&ti->states, ns, buf, (size_t)len, &n);
-        add_list(L, &nl, ds, n, MATCH_STATE);
-    }
-    if (l->has_geo) {
-        char key[4];
-        cell_key(key, cell_lat(l->lat), cell_lon(l->lon));
-        ds = smap_get(&ti->cells, ns, key, 4, &n);
-        add_list(L, &nl, h->rad_a, radius_filter(t, h->u, ds, n, h->rad_a), MATCH_RADIUS);
-        add_list(L, &nl, h->rad_b, radius_filter(t, h->u, ti->wide[ns], ti->n_wide[ns], h->rad_b), MATCH_RADIUS);
-    }
+    /* Grid cells name every radius dealer near the lead: keep those whose
+     * circle holds it. */
+    uint32_t *rad = h->rad_a, nrad = 0;
+    for (int i = 0; i < nl; i++)
+        if (L[i].radius) {
+            uint32_t m = radius_filter(t, h->u, L[i].v, L[i].n, rad + nrad);
+            L[i].v = rad + nrad;
+            L[i].n = m;
+            nrad += m;
+        }
     /* Merge the sorted lists pairwise; a dealer found in several lists
      * becomes one verdict with its most specific match. Entries are packed
      * as dealer << 8 | match, so equal dealers keep the larger match. */

@@ -299,7 +299,8 @@ static double measure(struct bcase *c, double seconds)
             const struct lead *l = &c->ls->leads[c->next & (N_LEADS - 1)];
             /* As the daemon does within a batch: start loading the index
              * entries of a lead a few places ahead. */
-            rules_prefetch(c->t, &c->ls->leads[(c->next + 4) & (N_LEADS - 1)]);
+            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 12) & (N_LEADS - 1)], 0);
+            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 6) & (N_LEADS - 1)], 1);
             c->in.now_ms += 7;
             rules_decide(c->t, c->s, l, &c->in, &d);
             rules_pick(c->t, &d, &c->in, l, c->rr);

@@ -106,11 +106,15 @@ struct rules_scratch;
 struct rules_scratch *rules_scratch_new(const struct rules_table *t);
 void rules_scratch_free(struct rules_scratch *s); /* accepts NULL */
 
-/* Optional, for callers working through a batch: starts loading the index
- * entries deciding l will read, so that their memory latency overlaps the
- * work on the leads before it (call it a few leads ahead). No effect on
- * results. */
-void rules_prefetch(const struct rules_table *t, const struct lead *l);
+/* Optional, for callers working through a batch: starts loading what
+ * deciding l will read, so that its memory latency overlaps the work on the
+ * leads before it. Stage 0 classifies l, computes its index keys and loads
+ * their slots; stage 1 (a few leads later) resolves the posting lists and
+ * loads the dealers they name. The scratch keeps that work (up to 32 leads)
+ * and rules_decide(l) reuses it, so nothing is computed twice. l must not
+ * change between the calls. E.g. for each i: prefetch(lead[i+8], 0);
+ * prefetch(lead[i+4], 1); decide(lead[i]). No effect on results. */
+void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage);
 
 /* Steps 2-7 minus the caps: niche, score and grade, territory, contract,
  * hours, pause, exclusivity. Fills d; d->reason is REASON_ASSIGNED when

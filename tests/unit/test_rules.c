@@ -2281,3 +2281,70 @@ Test(territory, radius_edge_agrees_with_great_circle)
     cr_expect_gt(outside, 5000);
     rt_close(&r);
 }
+
+/* rules_prefetch keeps work in the scratch for rules_decide to reuse: the
+ * pipelined path must decide exactly as the plain one, including leads
+ * prefetched at stage 0 only, leads never prefetched, and a lead whose
+ * memory is reused for another lead after its decision. */
+Test(determinism, prefetch_pipeline_changes_nothing)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tests/data/rules/mixed.conf", LR_SOURCE_DIR);
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "cannot open %s", path);
+    static char text[65536];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    static const char *const st[] = {"IA", "NE", "MO", "IL", "KS", "WI", "MN", "TX"};
+    static const char *const zp[] = {"50309", "50311", "68102", "63101", "60601", "52240", "66101", "55401"};
+    static const char *const src[] = {"fixmyhome.example", "sunquote.example", "ratecheck.example", "x.example"};
+    enum { N = 600 };
+    static struct lead leads[N];
+    uint64_t seed = 7;
+    for (int i = 0; i < N; i++) {
+        leads[i] = lead_mk("pf", NULL, st[rnd(&seed) % 8], zp[rnd(&seed) % 8]);
+        leads[i].source = rt_str(src[rnd(&seed) % 4]);
+        lead_score(&leads[i], (int)(rnd(&seed) % 101));
+        if (rnd(&seed) % 2)
+            lead_geo(&leads[i], 38.0 + (rnd(&seed) % 800) / 100.0, -97.0 + (rnd(&seed) % 900) / 100.0);
+    }
+    struct rt a, b;
+    rt_open(&a, text);
+    rt_open(&b, text);
+    int assigned = 0;
+    for (int i = 0; i < N; i++) {
+        rt_route(&a, &leads[i]);
+        if (i + 8 < N && i % 7 != 0)
+            rules_prefetch(b.t, b.s, &leads[i + 8], 0);
+        if (i + 4 < N && i % 5 != 0)
+            rules_prefetch(b.t, b.s, &leads[i + 4], 1);
+        rt_route(&b, &leads[i]);
+        cr_assert_eq(a.d.reason, b.d.reason, "lead %d: reason differs", i);
+        cr_assert_eq(a.d.niche, b.d.niche, "lead %d: niche differs", i);
+        cr_assert_eq(a.d.n_verdicts, b.d.n_verdicts, "lead %d: verdicts differ", i);
+        for (uint32_t v = 0; v < a.d.n_verdicts; v++) {
+            cr_assert_eq(a.d.verdicts[v].dealer, b.d.verdicts[v].dealer, "lead %d", i);
+            cr_assert_eq(a.d.verdicts[v].why, b.d.verdicts[v].why, "lead %d", i);
+            cr_assert_eq(a.d.verdicts[v].match, b.d.verdicts[v].match, "lead %d", i);
+        }
+        cr_assert_eq(a.d.n_picked, b.d.n_picked, "lead %d: picks differ", i);
+        for (uint32_t p = 0; p < a.d.n_picked; p++)
+            cr_assert_eq(a.d.picked[p], b.d.picked[p], "lead %d: pick %u differs", i, p);
+        assigned += a.d.reason == REASON_ASSIGNED;
+    }
+    cr_expect_gt(assigned, 100);
+    /* A lead prefetched but never decided, whose memory then holds another
+     * lead: the ring must not hand the old work to the new content. */
+    static struct lead slot;
+    slot = lead_mk("old", "solar", "NE", "68102");
+    rules_prefetch(b.t, b.s, &slot, 0);
+    rules_prefetch(b.t, b.s, &slot, 1);
+    slot = lead_mk("new", "mortgage", "IA", "50309");
+    rt_route(&a, &slot);
+    rt_route(&b, &slot);
+    cr_assert_eq(b.d.niche, a.d.niche, "stale prefetch reused: niche %d, want %d", b.d.niche, a.d.niche);
+    cr_assert_eq(b.d.n_verdicts, a.d.n_verdicts);
+    rt_close(&a);
+    rt_close(&b);
+}
