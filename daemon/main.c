@@ -1,11 +1,18 @@
-/* main.c - leadrouterd: command line, config check (-t), and (next) the
- * daemon itself. Exit codes: 0 ok, 1 bad config or arguments, 2 Redis
+/* main.c - leadrouterd: command line, config check (-t), and the daemon:
+ * event loop, signals, reload, systemd notifications. Exit codes: 0 ok, 1 bad config or arguments, 2 Redis
  * unreachable at start-up, 70 internal error. */
+#include <event2/event.h>
 #include <getopt.h>
+#include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include "leadrouter/config.h"
+#include "leadrouter/log.h"
+#include "leadrouter/rq.h"
 
 #define DEFAULT_CONFIG "/etc/leadrouter/leadrouter.conf"
 
@@ -83,6 +90,122 @@ static int check_config(const char *path, int verbose)
     return 0;
 }
 
+/* The running daemon: the event loop and what steers it. */
+struct daemon {
+    struct event_base *base;
+    struct cfg *cfg;
+    const char *path;
+    struct rq *q;
+    int signals;   /* SIGTERM/SIGINT seen */
+    int exit_code;
+    struct event *ev_term, *ev_int, *ev_hup, *ev_watchdog;
+    uint64_t watchdog_usec;
+};
+
+static void on_ready(void *arg)
+{
+    (void)arg;
+    sd_notify(0, "READY=1\nSTATUS=routing leads");
+}
+
+static void on_exit_code(void *arg, int code)
+{
+    struct daemon *dm = arg;
+    dm->exit_code = code;
+    event_base_loopbreak(dm->base);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+    (void)what;
+    struct daemon *dm = arg;
+    if (++dm->signals > 1) {
+        log_warn("second signal %d: exiting at once (uncommitted leads stay pending for recovery)", (int)sig);
+        _exit(1);
+    }
+    log_info("signal %d: no new leads; finishing the commits in flight", (int)sig);
+    sd_notify(0, "STOPPING=1");
+    rq_stop(dm->q);
+}
+
+/* SIGHUP: a new config replaces the old one only if it loads cleanly. */
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+    (void)sig;
+    (void)what;
+    struct daemon *dm = arg;
+    struct cfg *nc = NULL;
+    char err[1024];
+    sd_notify(0, "RELOADING=1");
+    if (cfg_load(dm->path, &nc, err, sizeof err) != 0) {
+        log_error("reload failed, the running config stays: %s", err);
+    } else {
+        struct cfg *old = dm->cfg;
+        rq_set_config(dm->q, nc);
+        dm->cfg = nc;
+        cfg_free(old);
+        log_info("reloaded %s: %u niches, %u dealers", dm->path, nc->rules->n_niches, nc->rules->n_dealers);
+    }
+    sd_notify(0, "READY=1");
+}
+
+static void on_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct daemon *dm = arg;
+    sd_notify(0, "WATCHDOG=1");
+    struct timeval tv = {(time_t)(dm->watchdog_usec / 2 / 1000000), (suseconds_t)(dm->watchdog_usec / 2 % 1000000)};
+    evtimer_add(dm->ev_watchdog, &tv);
+}
+
+static int run_daemon(const char *path)
+{
+    struct daemon dm = {.path = path};
+    char err[1024];
+    if (cfg_load(path, &dm.cfg, err, sizeof err) != 0) {
+        log_error("%s", err);
+        return 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    dm.base = event_base_new();
+    dm.q = dm.base ? rq_new(dm.base, dm.cfg, err, sizeof err) : NULL;
+    if (!dm.q) {
+        log_error("cannot start: %s", dm.base ? err : "event_base_new failed");
+        cfg_free(dm.cfg);
+        if (dm.base)
+            event_base_free(dm.base);
+        return 70;
+    }
+    dm.ev_term = evsignal_new(dm.base, SIGTERM, on_stop_signal, &dm);
+    dm.ev_int = evsignal_new(dm.base, SIGINT, on_stop_signal, &dm);
+    dm.ev_hup = evsignal_new(dm.base, SIGHUP, on_hup, &dm);
+    evsignal_add(dm.ev_term, NULL);
+    evsignal_add(dm.ev_int, NULL);
+    evsignal_add(dm.ev_hup, NULL);
+    if (sd_watchdog_enabled(0, &dm.watchdog_usec) > 0 && dm.watchdog_usec > 0) {
+        dm.ev_watchdog = evtimer_new(dm.base, on_watchdog, &dm);
+        on_watchdog(-1, 0, &dm);
+    }
+    log_info("leadrouterd %s starting: %s, %u niches, %u dealers", LR_VERSION, path, dm.cfg->rules->n_niches,
+             dm.cfg->rules->n_dealers);
+    rq_start(dm.q, on_ready, on_exit_code, &dm);
+    event_base_dispatch(dm.base);
+    const struct rq_stats *st = rq_stats(dm.q);
+    log_info("exiting (%d): received %" PRIu64 ", assigned %" PRIu64 ", unassigned %" PRIu64 ", dead %" PRIu64
+             ", returns %" PRIu64 ", errors %" PRIu64,
+             dm.exit_code, st->received, st->assigned, st->unassigned, st->dead, st->returns, st->errors);
+    rq_free(dm.q);
+    event_free(dm.ev_term);
+    event_free(dm.ev_int);
+    event_free(dm.ev_hup);
+    if (dm.ev_watchdog)
+        event_free(dm.ev_watchdog);
+    event_base_free(dm.base);
+    cfg_free(dm.cfg);
+    return dm.exit_code;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
@@ -123,9 +246,5 @@ int main(int argc, char **argv)
     }
     if (test_only)
         return check_config(path, verbose);
-    int rc = check_config(path, 0);
-    if (rc != 0)
-        return rc;
-    fprintf(stderr, "leadrouterd: the routing daemon is not built yet (only -t works in this version)\n");
-    return 70;
+    return run_daemon(path);
 }

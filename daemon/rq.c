@@ -1,0 +1,817 @@
+/* rq.c - the daemon's Redis side: connections, input consumer, returns,
+ * and the atomic commit (daemon/commit.lua). hiredis 0.14 async API on the
+ * libevent adapter; see ../shared/REDIS-NOTES.md for the traps avoided. */
+#include <errno.h>
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "leadrouter/codec.h"
+#include "leadrouter/commit.h"
+#include "leadrouter/log.h"
+#include "leadrouter/rq.h"
+
+extern const char lr_commit_lua[];
+extern const unsigned long lr_commit_lua_len;
+
+#define READ_BLOCK_MS 1000
+#define RETURNS_POLL_MS 200
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 5000
+
+/* One lead (or one return) whose commit is being built or awaits its reply. */
+struct slot {
+    struct rq *q;
+    bool busy;       /* sent, no reply yet */
+    bool resend;     /* its connection dropped before the reply: send again */
+    bool dynamic;    /* a return: freed after the reply */
+    bool is_return;
+    char ref[64];    /* stream entry id */
+    char *payload;
+    size_t len, cap;
+    struct commit_args args;
+};
+
+struct rq {
+    struct event_base *base;
+    const struct cfg *cfg;
+    redisAsyncContext *rd, *wr;
+    bool rd_up, wr_up;     /* connected and set up */
+    int wr_setup;          /* setup replies still awaited on wr */
+    bool ready, was_ready, stopping, reading, polling_returns, exited;
+    int inflight;
+    char consumer[128];
+    char proc[256];        /* list mode: this consumer's processing list */
+    char sha[41];
+    int64_t time_offset_ms; /* Redis TIME - local clock */
+    int64_t started_ms;
+    int backoff_ms;
+    struct event *retry_ev, *returns_ev;
+    struct rules_scratch *scratch;
+    const struct rules_table *scratch_for;
+    struct codec_lead *codec;
+    struct slot *slots;
+    int nslots;
+    struct rq_stats st;
+    void (*on_ready)(void *);
+    void (*on_exit)(void *, int);
+    void *ctx;
+};
+
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t redis_now_ms(const struct rq *q)
+{
+    return wall_ms() + q->time_offset_ms;
+}
+
+static void finish(struct rq *q, int code)
+{
+    if (q->exited)
+        return;
+    q->exited = true;
+    if (q->on_exit)
+        q->on_exit(q->ctx, code);
+}
+
+static void connect_both(struct rq *q);
+
+static void schedule_reconnect(struct rq *q)
+{
+    if (q->stopping || q->exited)
+        return;
+    if (!q->was_ready && wall_ms() - q->started_ms > (int64_t)q->cfg->redis.startup_timeout * 1000) {
+        log_error("redis unreachable for %d s at start-up: giving up", q->cfg->redis.startup_timeout);
+        finish(q, 2);
+        return;
+    }
+    /* Capped exponential backoff with jitter, so that many daemons do not
+     * come back in step. */
+    int ms = q->backoff_ms + (int)(random() % (q->backoff_ms / 2 + 1));
+    q->backoff_ms = q->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : q->backoff_ms * 2;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    evtimer_add(q->retry_ev, &tv);
+}
+
+static void on_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    connect_both(arg);
+}
+
+/* ------------------------------------------------------------ commits --- */
+
+static void read_next(struct rq *q);
+static void maybe_finish(struct rq *q);
+
+static void on_commit(redisAsyncContext *ac, void *reply, void *priv);
+
+static void send_commit(struct rq *q, struct slot *s, bool full_script)
+{
+    struct commit_args *a = &s->args;
+    a->argv[0] = full_script ? "EVAL" : "EVALSHA";
+    a->len[0] = strlen(a->argv[0]);
+    a->argv[1] = full_script ? lr_commit_lua : q->sha;
+    a->len[1] = full_script ? lr_commit_lua_len : strlen(q->sha);
+    a->argv[2] = "0";
+    a->len[2] = 1;
+    s->resend = false;
+    if (!q->wr_up || redisAsyncCommandArgv(q->wr, on_commit, s, (int)a->argc, a->argv, a->len) != REDIS_OK) {
+        s->resend = true; /* sent again once the connection is back */
+        return;
+    }
+}
+
+static void slot_done(struct rq *q, struct slot *s)
+{
+    s->busy = false;
+    q->inflight--;
+    if (s->dynamic) {
+        commit_args_free(&s->args);
+        free(s->payload);
+        free(s);
+    }
+    if (q->inflight == 0) {
+        if (q->stopping)
+            maybe_finish(q);
+        else
+            read_next(q);
+    }
+}
+
+static void on_commit(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct slot *s = priv;
+    struct rq *q = s->q;
+    redisReply *r = reply;
+    if (!r) { /* connection lost: the outcome is unknown; the script makes a repeat safe */
+        s->resend = true;
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "NOSCRIPT", 8) == 0) { /* Redis restarted: EVAL loads it again */
+            send_commit(q, s, true);
+            return;
+        }
+        q->st.errors++;
+        log_error("commit of entry %s failed: %s (left pending for recovery)", s->ref, r->str);
+        slot_done(q, s);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING) {
+        const char *what = r->element[0]->str;
+        const char *outcome = r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "";
+        if (strcmp(what, "ok") == 0) {
+            if (strcmp(outcome, "assigned") == 0) {
+                q->st.assigned++;
+                if (s->is_return)
+                    q->st.returns++;
+            } else if (strcmp(outcome, "dead") == 0) {
+                q->st.dead++;
+            } else {
+                q->st.unassigned++;
+            }
+            log_debug("entry %s: %s %s", s->ref, outcome,
+                      r->elements >= 3 && r->element[2]->type == REDIS_REPLY_STRING ? r->element[2]->str : "");
+        } else {
+            /* stale / not_owner / dup: another consumer (or an earlier send
+             * of ours) committed it; nothing was written. */
+            q->st.stale++;
+            log_info("entry %s: %s", s->ref, what);
+        }
+    } else {
+        q->st.errors++;
+        log_error("entry %s: unexpected commit reply type %d", s->ref, r->type);
+    }
+    slot_done(q, s);
+}
+
+/* Decodes, routes and commits one input entry whose payload is in s. */
+static void process(struct rq *q, struct slot *s, enum commit_mode mode)
+{
+    const struct cfg *c = q->cfg;
+    if (q->scratch_for != c->rules) {
+        rules_scratch_free(q->scratch);
+        q->scratch = rules_scratch_new(c->rules);
+        q->scratch_for = c->rules;
+    }
+    int64_t now = redis_now_ms(q);
+    struct commit_src src = {.mode = mode, .consumer = q->consumer, .ref = mode == COMMIT_LIST ? q->proc : s->ref,
+                             .payload = s->payload, .payload_len = s->len, .attempt = 1};
+    char err[256];
+    int rc;
+    q->st.received++;
+    if (!q->scratch) {
+        q->st.errors++;
+        log_error("entry %s: out of memory", s->ref);
+        return;
+    }
+    if (codec_lead_decode(q->codec, s->payload, s->len, c->limits.max_lead_bytes, err, sizeof err) != 0) {
+        log_info("entry %s: dead letter: %s", s->ref, err);
+        rc = commit_build_dead(&s->args, c, &src, err, now);
+    } else {
+        const struct lead *l = codec_lead_get(q->codec);
+        struct rules_input in = {.now_ms = now};
+        struct rules_decision d;
+        rules_decide(c->rules, q->scratch, l, &in, &d);
+        rc = commit_build_route(&s->args, c, &src, l, &d, now);
+    }
+    if (rc != 0) {
+        q->st.errors++;
+        log_error("entry %s: out of memory building its commit (left pending)", s->ref);
+        return;
+    }
+    s->busy = true;
+    q->inflight++;
+    send_commit(q, s, false);
+}
+
+static int slot_payload(struct slot *s, const char *p, size_t n)
+{
+    if (n > s->cap) {
+        char *np = realloc(s->payload, n ? n : 1);
+        if (!np)
+            return -1;
+        s->payload = np;
+        s->cap = n;
+    }
+    memcpy(s->payload, p, n);
+    s->len = n;
+    return 0;
+}
+
+/* ------------------------------------------------------------- input --- */
+
+static void on_read(redisAsyncContext *ac, void *reply, void *priv);
+
+static void read_next(struct rq *q)
+{
+    if (q->stopping || q->reading || !q->ready || q->inflight > 0)
+        return;
+    const struct cfg *c = q->cfg;
+    int rc;
+    if (c->input.mode == INPUT_LIST)
+        rc = redisAsyncCommand(q->rd, on_read, NULL, "BLMOVE %s:in %s RIGHT LEFT %d", c->prefix, q->proc,
+                               READ_BLOCK_MS / 1000);
+    else
+        rc = redisAsyncCommand(q->rd, on_read, NULL, "XREADGROUP GROUP %s %s COUNT %d BLOCK %d STREAMS %s:in >",
+                               c->input.group, q->consumer, c->input.batch, READ_BLOCK_MS, c->prefix);
+    q->reading = rc == REDIS_OK;
+}
+
+static void on_group(redisAsyncContext *ac, void *reply, void *priv);
+
+static void on_read(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    q->reading = false;
+    if (!r) { /* disconnected: reading starts again once reconnected */
+        maybe_finish(q);
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (strncmp(r->str, "NOGROUP", 7) == 0 && q->wr_up) { /* Redis lost the stream: create it again */
+            log_warn("input group missing (%s): creating it again", r->str);
+            redisAsyncCommand(q->wr, on_group, NULL, "XGROUP CREATE %s:in %s 0 MKSTREAM", q->cfg->prefix,
+                              q->cfg->input.group);
+        } else {
+            log_error("reading the input: %s", r->str);
+        }
+        struct timeval tv = {0, 200 * 1000};
+        evtimer_add(q->retry_ev, &tv); /* retry later (on_retry also reads) */
+        return;
+    }
+    int n = 0;
+    if (q->cfg->input.mode == INPUT_LIST) {
+        if (r->type == REDIS_REPLY_STRING) {
+            struct slot *s = &q->slots[0];
+            snprintf(s->ref, sizeof s->ref, "list");
+            if (slot_payload(s, r->str, r->len) == 0) {
+                process(q, s, COMMIT_LIST);
+                n = 1;
+            }
+        }
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+        redisReply *entries = r->element[0]->element[1];
+        for (size_t i = 0; i < entries->elements && (int)i < q->nslots; i++) {
+            redisReply *e = entries->element[i];
+            struct slot *s = &q->slots[i];
+            snprintf(s->ref, sizeof s->ref, "%s", e->element[0]->str);
+            redisReply *f = e->element[1];
+            const char *p = NULL;
+            size_t len = 0;
+            for (size_t k = 0; f && f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2)
+                if (strcmp(f->element[k]->str, "lead") == 0) {
+                    p = f->element[k + 1]->str;
+                    len = f->element[k + 1]->len;
+                }
+            if (!p) { /* no `lead` field: nothing to decode, dead-letter what there is */
+                p = "";
+                len = 0;
+            }
+            if (slot_payload(s, p, len) == 0)
+                process(q, s, COMMIT_STREAM);
+            n++;
+        }
+    }
+    (void)n;
+    if (q->stopping)
+        maybe_finish(q);
+    else if (q->inflight == 0)
+        read_next(q);
+}
+
+/* ----------------------------------------------------------- returns --- */
+
+struct ret {
+    struct rq *q;
+    char ref[64];
+    char lead_id[160];
+    char dealer[128];
+};
+
+static void commit_return_dead(struct rq *q, const struct ret *rt, const char *why)
+{
+    struct slot *s = calloc(1, sizeof *s);
+    if (!s)
+        return;
+    s->q = q;
+    s->dynamic = true;
+    s->is_return = true;
+    snprintf(s->ref, sizeof s->ref, "%s", rt->ref);
+    struct commit_src src = {.mode = COMMIT_RETURN, .consumer = q->consumer, .ref = rt->ref, .attempt = 1};
+    if (slot_payload(s, rt->lead_id, strlen(rt->lead_id)) != 0) {
+        free(s);
+        return;
+    }
+    src.payload = s->payload;
+    src.payload_len = s->len;
+    if (commit_build_dead(&s->args, q->cfg, &src, why, redis_now_ms(q)) != 0) {
+        commit_args_free(&s->args);
+        free(s->payload);
+        free(s);
+        return;
+    }
+    s->busy = true;
+    q->inflight++;
+    send_commit(q, s, false);
+}
+
+static const char *field(const redisReply *h, const char *name, size_t *len)
+{
+    for (size_t i = 0; h && i + 1 < h->elements; i += 2)
+        if (strcmp(h->element[i]->str, name) == 0) {
+            if (len)
+                *len = h->element[i + 1]->len;
+            return h->element[i + 1]->str;
+        }
+    return NULL;
+}
+
+/* The lead record arrived: route the lead again, to a dealer that has not
+ * had it, or dead-letter a return that names no lead or a dealer that never
+ * had it. */
+static void on_record(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct ret *rt = priv;
+    struct rq *q = rt->q;
+    redisReply *r = reply;
+    q->inflight--;
+    if (!r || r->type != REDIS_REPLY_ARRAY) { /* disconnected: the return stays pending */
+        free(rt);
+        if (q->inflight == 0 && !q->stopping)
+            read_next(q);
+        maybe_finish(q);
+        return;
+    }
+    size_t plen = 0;
+    const char *dealers = field(r, "dealers", NULL), *attempt = field(r, "attempt", NULL);
+    const char *payload = field(r, "payload", &plen);
+    bool had = false;
+    if (dealers) {
+        size_t dl = strlen(rt->dealer);
+        for (const char *p = dealers; *p;) {
+            const char *e = strchr(p, ',');
+            size_t n = e ? (size_t)(e - p) : strlen(p);
+            if (n == dl && memcmp(p, rt->dealer, n) == 0)
+                had = true;
+            p += n + (e ? 1 : 0);
+        }
+    }
+    if (!payload || !attempt) {
+        commit_return_dead(q, rt, "bad_return: unknown lead");
+    } else if (!had) {
+        commit_return_dead(q, rt, "bad_return: that dealer never had the lead");
+    } else {
+        struct slot *s = calloc(1, sizeof *s);
+        const struct cfg *c = q->cfg;
+        char err[256];
+        uint32_t exclude[64];
+        uint32_t n_ex = 0;
+        if (s && slot_payload(s, payload, plen) == 0 &&
+            codec_lead_decode(q->codec, s->payload, s->len, SIZE_MAX, err, sizeof err) == 0) {
+            s->q = q;
+            s->dynamic = true;
+            s->is_return = true;
+            snprintf(s->ref, sizeof s->ref, "%s", rt->ref);
+            for (const char *p = dealers; *p && n_ex < 64;) {
+                const char *e = strchr(p, ',');
+                size_t n = e ? (size_t)(e - p) : strlen(p);
+                int di = rules_dealer_find(c->rules, p, n);
+                if (di >= 0)
+                    exclude[n_ex++] = (uint32_t)di;
+                p += n + (e ? 1 : 0);
+            }
+            if (q->scratch_for != c->rules) {
+                rules_scratch_free(q->scratch);
+                q->scratch = rules_scratch_new(c->rules);
+                q->scratch_for = c->rules;
+            }
+            int64_t now = redis_now_ms(q);
+            struct rules_input in = {.now_ms = now, .exclude = exclude, .n_exclude = n_ex};
+            struct rules_decision d;
+            const struct lead *l = codec_lead_get(q->codec);
+            rules_decide(c->rules, q->scratch, l, &in, &d);
+            struct commit_src src = {.mode = COMMIT_RETURN, .consumer = q->consumer, .ref = rt->ref,
+                                     .payload = s->payload, .payload_len = s->len,
+                                     .attempt = atoi(attempt) + 1, .had = dealers};
+            if (commit_build_route(&s->args, c, &src, l, &d, now) == 0) {
+                s->busy = true;
+                q->inflight++;
+                send_commit(q, s, false);
+                s = NULL;
+            }
+        }
+        if (s) {
+            commit_args_free(&s->args);
+            free(s->payload);
+            free(s);
+            commit_return_dead(q, rt, "bad_return: the recorded lead cannot be decoded");
+        }
+    }
+    free(rt);
+    if (q->inflight == 0 && !q->stopping)
+        read_next(q);
+    maybe_finish(q);
+}
+
+static void on_returns(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    q->polling_returns = false;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 1) {
+        if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOGROUP", 7) == 0 && q->wr_up)
+            redisAsyncCommand(q->wr, on_group, NULL, "XGROUP CREATE %s:returns %s 0 MKSTREAM", q->cfg->prefix,
+                              q->cfg->input.group);
+        return;
+    }
+    redisReply *entries = r->element[0]->element[1];
+    for (size_t i = 0; i < entries->elements; i++) {
+        redisReply *e = entries->element[i], *f = e->element[1];
+        struct ret *rt = calloc(1, sizeof *rt);
+        if (!rt)
+            continue;
+        rt->q = q;
+        snprintf(rt->ref, sizeof rt->ref, "%s", e->element[0]->str);
+        const char *id = field(f, "lead_id", NULL), *dealer = field(f, "dealer", NULL);
+        snprintf(rt->lead_id, sizeof rt->lead_id, "%s", id ? id : "");
+        snprintf(rt->dealer, sizeof rt->dealer, "%s", dealer ? dealer : "");
+        if (!id || !dealer || !*id || !*dealer) {
+            commit_return_dead(q, rt, "bad_return: lead_id and dealer are required");
+            free(rt);
+            continue;
+        }
+        q->inflight++;
+        redisAsyncCommand(q->wr, on_record, rt, "HGETALL %s:lead:%s", q->cfg->prefix, rt->lead_id);
+    }
+}
+
+static void on_returns_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rq *q = arg;
+    if (q->ready && q->wr_up && !q->stopping && !q->polling_returns) {
+        q->polling_returns = redisAsyncCommand(q->wr, on_returns, NULL,
+                                               "XREADGROUP GROUP %s %s COUNT 64 STREAMS %s:returns >",
+                                               q->cfg->input.group, q->consumer, q->cfg->prefix) == REDIS_OK;
+    }
+    struct timeval tv = {0, RETURNS_POLL_MS * 1000};
+    if (!q->stopping)
+        evtimer_add(q->returns_ev, &tv);
+}
+
+/* ------------------------------------------------------- connections --- */
+
+static void become_ready(struct rq *q)
+{
+    if (!q->rd_up || !q->wr_up || q->ready)
+        return;
+    q->ready = true;
+    q->st.redis_up = true;
+    q->backoff_ms = BACKOFF_MIN_MS;
+    log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
+    /* Commits whose replies were lost with the old connection go again. */
+    for (int i = 0; i < q->nslots; i++)
+        if (q->slots[i].busy && q->slots[i].resend)
+            send_commit(q, &q->slots[i], false);
+    if (!q->was_ready) {
+        q->was_ready = true;
+        if (q->on_ready)
+            q->on_ready(q->ctx);
+        struct timeval tv = {0, RETURNS_POLL_MS * 1000};
+        evtimer_add(q->returns_ev, &tv);
+    }
+    read_next(q);
+}
+
+static bool fatal_auth(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR &&
+           (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOPERM", 6) == 0 ||
+            strncmp(r->str, "NOAUTH", 6) == 0 || strstr(r->str, "invalid password") != NULL);
+}
+
+static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    if (fatal_auth(r)) {
+        log_error("redis refused our credentials: %s (check redis.username / redis.password)", r->str);
+        finish(q, 2);
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        log_error("redis: %s", r->str);
+    }
+}
+
+static void setup_done(struct rq *q)
+{
+    if (--q->wr_setup == 0) {
+        q->wr_up = true;
+        become_ready(q);
+    }
+}
+
+static void on_group(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
+        log_error("creating the consumer group: %s", r->str);
+    if (priv)
+        setup_done(q);
+}
+
+static void on_script(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_STRING && r->len == 40)
+        memcpy(q->sha, r->str, 41);
+    else if (r)
+        log_error("loading the commit script: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
+    if (r)
+        setup_done(q);
+}
+
+static void on_time(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
+        q->time_offset_ms = redis_ms - wall_ms();
+    }
+    if (r)
+        setup_done(q);
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct rq *q = ac->data;
+    bool is_wr = ac == q->wr;
+    if (status != REDIS_OK) {
+        /* hiredis frees the context after this callback; no disconnect
+         * callback follows. */
+        log_warn("redis connection failed: %s", ac->errstr);
+        if (is_wr)
+            q->wr = NULL;
+        else
+            q->rd = NULL;
+        schedule_reconnect(q);
+        return;
+    }
+    if (!is_wr) {
+        q->rd_up = true;
+        become_ready(q);
+        return;
+    }
+    const struct cfg *c = q->cfg;
+    redisAsyncContext *w = q->wr;
+    q->wr_setup = 2;
+    redisAsyncCommandArgv(w, on_script, NULL, 3, (const char *[]){"SCRIPT", "LOAD", lr_commit_lua},
+                          (const size_t[]){6, 4, lr_commit_lua_len});
+    redisAsyncCommand(w, on_time, NULL, "TIME");
+    if (c->input.mode == INPUT_STREAM) {
+        q->wr_setup++;
+        redisAsyncCommand(w, on_group, q, "XGROUP CREATE %s:in %s 0 MKSTREAM", c->prefix, c->input.group);
+    }
+    q->wr_setup++;
+    redisAsyncCommand(w, on_group, q, "XGROUP CREATE %s:returns %s 0 MKSTREAM", c->prefix, c->input.group);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct rq *q = ac->data;
+    if (ac == q->wr) {
+        q->wr = NULL;
+        q->wr_up = false;
+    } else {
+        q->rd = NULL;
+        q->rd_up = false;
+        q->reading = false;
+    }
+    q->ready = false;
+    q->polling_returns = false;
+    q->st.redis_up = false;
+    if (q->stopping) {
+        maybe_finish(q);
+        return;
+    }
+    log_warn("redis connection lost (%s): reconnecting", status == REDIS_OK ? "closed" : ac->errstr);
+    schedule_reconnect(q);
+}
+
+static redisAsyncContext *connect_one(struct rq *q)
+{
+    const struct cfg *c = q->cfg;
+    redisAsyncContext *ac = c->redis.socket ? redisAsyncConnectUnix(c->redis.socket)
+                                            : redisAsyncConnect(c->redis.host, c->redis.port);
+    if (!ac)
+        return NULL;
+    if (ac->err) {
+        log_warn("redis: %s", ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = q;
+    redisLibeventAttach(ac, q->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    redisEnableKeepAlive(&ac->c);
+    /* Commands sent before the connection completes are queued, in order. */
+    if (c->redis.password) {
+        if (c->redis.username)
+            redisAsyncCommand(ac, on_auth, NULL, "AUTH %s %s", c->redis.username, c->redis.password);
+        else
+            redisAsyncCommand(ac, on_auth, NULL, "AUTH %s", c->redis.password);
+    }
+    if (c->redis.db)
+        redisAsyncCommand(ac, on_auth, NULL, "SELECT %d", c->redis.db);
+    return ac;
+}
+
+static void connect_both(struct rq *q)
+{
+    if (q->stopping || q->exited)
+        return;
+    if (!q->wr)
+        q->wr = connect_one(q);
+    if (!q->rd)
+        q->rd = connect_one(q);
+    if (!q->wr || !q->rd)
+        schedule_reconnect(q);
+    else if (q->ready)
+        read_next(q);
+}
+
+/* ---------------------------------------------------------- lifecycle --- */
+
+struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, size_t errlen)
+{
+    struct rq *q = calloc(1, sizeof *q);
+    if (!q) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    q->base = base;
+    q->cfg = cfg;
+    q->nslots = cfg->input.mode == INPUT_LIST ? 1 : cfg->input.batch;
+    q->slots = calloc((size_t)q->nslots, sizeof *q->slots);
+    q->codec = codec_lead_new();
+    q->retry_ev = evtimer_new(base, on_retry, q);
+    q->returns_ev = evtimer_new(base, on_returns_timer, q);
+    if (!q->slots || !q->codec || !q->retry_ev || !q->returns_ev) {
+        rq_free(q);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < q->nslots; i++)
+        q->slots[i].q = q;
+    char host[64] = "host";
+    gethostname(host, sizeof host - 1);
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    srandom((unsigned)(tv.tv_usec ^ getpid()));
+    /* Unique per process start (REDIS-NOTES: never reuse a consumer name). */
+    snprintf(q->consumer, sizeof q->consumer, "%s:%d:%08lx", host, (int)getpid(), (unsigned long)random());
+    snprintf(q->proc, sizeof q->proc, "%s:in:processing:%s", cfg->prefix, q->consumer);
+    q->backoff_ms = BACKOFF_MIN_MS;
+    return q;
+}
+
+void rq_start(struct rq *q, void (*on_ready)(void *), void (*on_exit)(void *, int), void *ctx)
+{
+    q->on_ready = on_ready;
+    q->on_exit = on_exit;
+    q->ctx = ctx;
+    q->started_ms = wall_ms();
+    connect_both(q);
+}
+
+static void maybe_finish(struct rq *q)
+{
+    if (!q->stopping || q->exited)
+        return;
+    if (q->inflight > 0 && q->wr) /* commits still on their way */
+        return;
+    if (q->reading && q->rd) /* a read may still deliver leads to us */
+        return;
+    if (q->inflight > 0)
+        log_warn("stopping with %d commits unanswered: they stay pending for recovery", q->inflight);
+    finish(q, 0);
+}
+
+void rq_stop(struct rq *q)
+{
+    if (q->stopping)
+        return;
+    q->stopping = true;
+    evtimer_del(q->returns_ev);
+    evtimer_del(q->retry_ev);
+    maybe_finish(q);
+}
+
+void rq_set_config(struct rq *q, const struct cfg *cfg)
+{
+    /* Commits in flight carry their own arguments: nothing refers to the
+     * old config after this, except the scratch sized for its table. */
+    q->cfg = cfg;
+    rules_scratch_free(q->scratch);
+    q->scratch = NULL;
+    q->scratch_for = NULL;
+}
+
+const struct rq_stats *rq_stats(const struct rq *q)
+{
+    return &q->st;
+}
+
+void rq_free(struct rq *q)
+{
+    if (!q)
+        return;
+    /* Never free a context inside its own callback: rq_free runs from main
+     * after the loop has ended. */
+    if (q->rd)
+        redisAsyncFree(q->rd);
+    if (q->wr)
+        redisAsyncFree(q->wr);
+    for (int i = 0; i < q->nslots; i++) {
+        commit_args_free(&q->slots[i].args);
+        free(q->slots[i].payload);
+    }
+    free(q->slots);
+    codec_lead_free(q->codec);
+    rules_scratch_free(q->scratch);
+    if (q->retry_ev)
+        event_free(q->retry_ev);
+    if (q->returns_ev)
+        event_free(q->returns_ev);
+    free(q);
+}

@@ -1,0 +1,42 @@
+/* rq.h - the Redis side of the daemon: two async connections (one for the
+ * blocking reads, one for commits and everything else), the input consumer
+ * (stream or list mode), the returns stream, and the atomic commit. */
+#ifndef LEADROUTER_RQ_H
+#define LEADROUTER_RQ_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "leadrouter/common.h"
+#include "leadrouter/config.h"
+
+struct event_base;
+struct rq;
+
+/* Process-lifetime counters (SPEC section 6: this process's, since start). */
+struct rq_stats {
+    uint64_t received, assigned, unassigned, dead, returns, stale, errors;
+    bool redis_up;
+};
+
+/* cfg is a reference: the caller keeps it alive (rq_set_config swaps it). */
+struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, size_t errlen) LR_WUR;
+void rq_free(struct rq *q); /* accepts NULL */
+
+/* Connects and starts consuming. on_ready runs once, when consuming starts;
+ * on_exit(code) when the loop should end: 0 after rq_stop drained, 2 when
+ * Redis stayed unreachable past redis.startup_timeout or refused our
+ * credentials. */
+void rq_start(struct rq *q, void (*on_ready)(void *), void (*on_exit)(void *, int), void *ctx);
+
+/* Stops taking leads; in-flight commits finish, then on_exit(0). */
+void rq_stop(struct rq *q);
+
+/* A new config for the next leads. Commits in flight carry their own
+ * arguments, so the caller may free the old config right after. (Redis
+ * connection settings take effect at the next start.) */
+void rq_set_config(struct rq *q, const struct cfg *cfg);
+
+const struct rq_stats *rq_stats(const struct rq *q);
+
+#endif
