@@ -110,34 +110,58 @@ static const char *mode_str(enum commit_mode m)
     return m == COMMIT_LIST ? "list" : m == COMMIT_RETURN ? "return" : "stream";
 }
 
-static void stats_hour(int64_t now_ms, char out[16])
-{
-    time_t t = (time_t)(now_ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, 16, "%Y%m%d%H", &tm);
-}
+#define COUNT_ARG (HEAD_ARGS + 10) /* ARGV[11] */
 
-/* Arguments 1-16 (common to every outcome). */
-static int common(struct commit_args *a, const struct cfg *c, const struct commit_src *src, const char *id,
-                  size_t id_len, const char *source, size_t source_len, const char *niche, const char *outcome,
-                  const char *error, int64_t now_ms)
+int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const char *consumer,
+                 const char *plist, int64_t now_ms)
 {
+    reset(a);
+    a->leads = 0;
+    time_t tt = (time_t)(now_ms / 1000);
+    struct tm tm;
     char hour[16];
-    stats_hour(now_ms, hour);
+    gmtime_r(&tt, &tm);
+    strftime(hour, sizeof hour, "%Y%m%d%H", &tm);
+    static const char *const action[] = {"same_dealer", "reject", "ignore"};
     int rc = 0;
     rc |= pushs(a, c->prefix);
-    rc |= pushs(a, mode_str(src->mode));
+    rc |= pushs(a, mode_str(mode));
     rc |= pushs(a, c->input.group);
-    rc |= pushs(a, src->consumer);
+    rc |= pushs(a, consumer);
+    rc |= pushf(a, "%" PRId64, c->routing.record_ttl);
+    rc |= pushf(a, "%" PRId64, c->routing.audit_maxlen);
+    rc |= pushf(a, "%d", c->routing.max_attempts);
+    rc |= pushs(a, hour);
+    rc |= pushf(a, "%s%s%s", action[c->dedup.action], c->dedup.phone ? ",phone" : "", c->dedup.email ? ",email" : "");
+    rc |= pushf(a, "%" PRId64, c->dedup.window);
+    rc |= pushs(a, "000000"); /* the count, set by commit_end */
+    rc |= pushs(a, plist ? plist : "");
+    return rc ? -1 : 0;
+}
+
+void commit_end(struct commit_args *a)
+{
+    char n[8];
+    snprintf(n, sizeof n, "%06d", a->leads % 1000000);
+    memcpy(a->buf + a->off[COUNT_ARG], n, 6);
+    fixup(a);
+}
+
+int commit_count(const struct commit_args *a)
+{
+    return a->leads;
+}
+
+/* The first 9 fields of a lead's block. */
+static int lead_fields(struct commit_args *a, const struct commit_src *src, const char *id, size_t id_len,
+                       const char *source, size_t source_len, const char *niche, const char *outcome,
+                       const char *error)
+{
+    int rc = 0;
     rc |= pushs(a, src->ref);
     rc |= push(a, id, id_len);
     rc |= push(a, src->payload, src->payload_len);
-    rc |= pushf(a, "%" PRId64, c->routing.record_ttl);
-    rc |= pushf(a, "%" PRId64, c->routing.audit_maxlen);
     rc |= pushf(a, "%d", src->attempt);
-    rc |= pushf(a, "%d", c->routing.max_attempts);
-    rc |= pushs(a, hour);
     rc |= push(a, source, source_len);
     rc |= pushs(a, niche);
     rc |= pushs(a, outcome);
@@ -145,17 +169,17 @@ static int common(struct commit_args *a, const struct cfg *c, const struct commi
     return rc;
 }
 
-int commit_build_dead(struct commit_args *a, const struct cfg *c, const struct commit_src *src, const char *error,
-                      int64_t now_ms)
+int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error)
 {
-    reset(a);
-    /* The id is unknown for undecodable input: key the record by the ref. */
-    int rc = common(a, c, src, src->ref, strlen(src->ref), "", 0, "", "dead", error, now_ms);
-    for (int i = 17; i <= 27; i++)
-        rc |= pushs(a, i == 27 ? "0" : i == 24 ? "0" : i == 19 ? "0" : "");
+    /* Undecodable input has no trustworthy id: the record is not written. */
+    int rc = lead_fields(a, src, src->ref, strlen(src->ref), "", 0, "", "dead", error);
+    /* head flags k strategy phone email passed had ncand */
+    static const char *const rest[] = {"", "", "0", "", "", "", "", "", "0"};
+    for (size_t i = 0; i < sizeof rest / sizeof *rest; i++)
+        rc |= pushs(a, rest[i]);
     if (rc)
         return -1;
-    fixup(a);
+    a->leads++;
     return 0;
 }
 
@@ -236,14 +260,13 @@ static int passed_over(struct commit_args *a, const struct rules_table *t, const
     return 0;
 }
 
-int commit_build_route(struct commit_args *a, const struct cfg *c, const struct commit_src *src,
-                       const struct lead *l, struct rules_decision *d, int64_t now_ms)
+int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
+                     const struct lead *l, struct rules_decision *d, int64_t now_ms)
 {
     const struct rules_table *t = c->rules;
-    reset(a);
     const char *outcome = d->reason == REASON_ASSIGNED ? "route" : rules_reason_str(d->reason);
     const char *niche = d->niche >= 0 ? t->niches[d->niche].name : "";
-    int rc = common(a, c, src, l->id.p, l->id.len, l->source.p, l->source.len, niche, outcome, "", now_ms);
+    int rc = lead_fields(a, src, l->id.p, l->id.len, l->source.p, l->source.len, niche, outcome, "");
     if (d->niche >= 0)
         rc |= assignment_head(a, t, l, d, src->attempt);
     else
@@ -256,7 +279,7 @@ int commit_build_route(struct commit_args *a, const struct cfg *c, const struct 
     *f = 0;
     rc |= pushs(a, flags);
     int k = d->niche >= 0 ? t->niches[d->niche].max_buyers : 1;
-    if (src->mode == COMMIT_RETURN)
+    if (mode == COMMIT_RETURN)
         k = 1; /* each return asks for one replacement */
     rc |= pushf(a, "%d", k);
     rc |= pushs(a, d->niche >= 0 ? strategy_str(t->niches[d->niche].strategy) : "weighted");
@@ -265,9 +288,6 @@ int commit_build_route(struct commit_args *a, const struct cfg *c, const struct 
     commit_norm_email(l->email, email, sizeof email);
     rc |= pushs(a, phone);
     rc |= pushs(a, email);
-    static const char *const action[] = {"same_dealer", "reject", "ignore"};
-    rc |= pushf(a, "%s%s%s", action[c->dedup.action], c->dedup.phone ? ",phone" : "", c->dedup.email ? ",email" : "");
-    rc |= pushf(a, "%" PRId64, c->dedup.window);
     rc |= passed_over(a, t, d);
     rc |= pushs(a, src->had ? src->had : "");
     uint32_t n = d->reason == REASON_ASSIGNED ? d->stage_end[1] : 0;
@@ -300,6 +320,6 @@ int commit_build_route(struct commit_args *a, const struct cfg *c, const struct 
     d->picked_stage = -1;
     if (rc)
         return -1;
-    fixup(a);
+    a->leads++;
     return 0;
 }

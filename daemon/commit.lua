@@ -1,297 +1,329 @@
--- commit.lua - the atomic commit of one lead (SPEC section 4).
--- Loaded once, called with EVALSHA 0 ARGV... by leadrouterd.
--- Every check comes first; only then the writes (a Lua error does not undo
--- writes already made). Replies: {"ok", outcome, dealers} | {"stale"} |
--- {"not_owner"} | {"dup", outcome}.
+-- commit.lua - the atomic commit of a batch of leads (SPEC section 4).
+-- Loaded once, called with EVALSHA <sha> 0 ARGV... by leadrouterd.
+-- One call commits every lead of a batch; each lead is committed whole or
+-- not at all (a lead this consumer no longer owns is skipped, untouched).
+-- Every check comes before the writes: a Lua error does not undo writes.
 --
--- ARGV (see daemon/commit.c, which builds them):
---  1 prefix        2 mode (stream|list|return)   3 group      4 consumer
---  5 ref (entry id | processing list)            6 lead id    7 payload
---  8 record_ttl    9 audit_maxlen  10 attempt   11 max_attempts
--- 12 stats hour (YYYYMMDDHH, UTC)  13 source    14 niche
--- 15 outcome: "route" | an unassigned reason | "dead"
--- 16 dead error   17 assignment head (msgpack: map header + fixed fields)
--- 18 flags: 'h' hot grade, 'H' exclusive owners hold   19 max_buyers   20 strategy (weighted|round_robin|nearest|least_loaded)
--- 21 phone digest input ("" = none)  22 email digest input
--- 23 dedup: action (same_dealer|reject|ignore) then the keys used, comma-separated
---    (e.g. "same_dealer,phone,email")   24 dedup window (s)
--- 25 passed-over summary for the audit  26 dealers that already had the lead (comma list)
--- 27 n candidates, then 15 fields per candidate:
---    id stage tier weight key cap_h cap_d cap_w cap_m bucket_h bucket_d bucket_w bucket_m max_pending rule
+-- ARGV (built by daemon/commit.c):
+--  1 prefix  2 mode (stream|list|return)  3 group  4 consumer
+--  5 record_ttl  6 audit_maxlen  7 max_attempts  8 stats hour (YYYYMMDDHH UTC)
+--  9 dedup: action then keys, comma-separated ("same_dealer,phone,email")
+-- 10 dedup window (s)  11 number of leads  12 list mode: the processing list
+-- then per lead, 17 fields and 15 per candidate:
+--   ref id payload attempt source niche outcome error head flags k strategy
+--   phone email passed had ncand
+--   (ref: stream entry id; outcome: "route", an unassigned reason, or
+--    "dead" with error; head: msgpack map header + fixed assignment fields;
+--    flags: 'h' hot grade, 'H' exclusive owners hold; passed: the compact
+--    "dealer=why" list of dealers passed over before the commit; had:
+--    dealers that had the lead already, comma list)
+--   candidate: id stage tier weight key cap_h cap_d cap_w cap_m
+--              bucket_h bucket_d bucket_w bucket_m max_pending rule
+-- Reply: one string per lead: "assigned:<dealers>", "unassigned:<reason>",
+-- "dead", "stale" (no longer pending: committed already), "not_owner"
+-- (another consumer took it over).
+-- A lead that passes the fence has not been committed: its commit would
+-- have acknowledged it in the same atomic step. So sending a commit again
+-- after a lost reply is safe: the second one finds "stale".
 
 local A = ARGV
-local p, mode, group, consumer, ref, id, payload = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
-local record_ttl, audit_maxlen = tonumber(A[8]), tonumber(A[9])
-local attempt, max_attempts = tonumber(A[10]), tonumber(A[11])
-local hour, source, niche, outcome = A[12], A[13], A[14], A[15]
+local p, mode, group, consumer = A[1], A[2], A[3], A[4]
+local record_ttl, audit_maxlen, max_attempts = tonumber(A[5]), tonumber(A[6]), tonumber(A[7])
+local hour, dedup, window, nleads, plist = A[8], A[9], tonumber(A[10]), tonumber(A[11]), A[12]
 local inkey = (mode == 'return') and (p .. ':returns') or (p .. ':in')
-local reckey = p .. ':lead:' .. id
-
--- 1. Fence: this consumer must still own the entry it is committing.
-if mode == 'list' then
-  if not redis.call('LPOS', ref, payload) then return {'stale'} end
-else
-  local pe = redis.call('XPENDING', inkey, group, ref, ref, 1)
-  if #pe == 0 then return {'stale'} end
-  if pe[1][2] ~= consumer then return {'not_owner'} end
-end
+local action = string.match(dedup, '^[^,]*')
+local dedup_phone = string.find(dedup, ',phone', 1, true) ~= nil
+local dedup_email = string.find(dedup, ',email', 1, true) ~= nil
+local periods = {'hour', 'day', 'week', 'month'}
+local ttl = {2 * 3600, 2 * 86400, 8 * 86400, 32 * 86400}
 
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-
-local function ack()
-  if mode == 'list' then
-    redis.call('LREM', ref, 1, payload)
-  else
-    redis.call('XACK', inkey, group, ref)
-    redis.call('XDEL', inkey, ref)
-  end
-end
-
-local function stat(field, n)
-  local k = p .. ':stats:' .. hour
-  redis.call('HINCRBY', k, field, n or 1)
-  redis.call('EXPIRE', k, 400 * 86400)
-end
-
-local function audit(result, dealers, rule, passed)
-  if audit_maxlen > 0 then
-    redis.call('XADD', p .. ':audit', 'MAXLEN', '~', audit_maxlen, '*', 'lead_id', id,
-      'outcome', result, 'dealers', dealers, 'rule', rule, 'niche', niche,
-      'attempt', attempt, 'passed', passed, 'ref', ref)
-  end
-end
-
 local function pk(x) return cmsgpack.pack(x) end
 
-if outcome == 'dead' then
-  redis.call('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(A[16]) .. pk('payload') ..
-    pk(payload) .. pk('at') .. pk(now_ms) .. pk('ref') .. pk(mode == 'list' and 'list' or ref))
-  stat('dead')
-  ack()
-  return {'ok', 'dead', ''}
+-- Batch-wide caches and deltas: each key is read once and written once.
+local owned = nil
+if mode ~= 'list' then
+  owned = {}
+  local pe = redis.call('XPENDING', inkey, group, '-', '+', nleads * 4 + 1024, consumer)
+  for _, e in ipairs(pe) do owned[e[1]] = true end
 end
+local capv, capnew, capdelta = {}, {}, {}
+local function capget(key)
+  local v = capv[key]
+  if v == nil then
+    local raw = redis.call('GET', key)
+    capnew[key] = (raw == false)
+    v = tonumber(raw or '0')
+    capv[key] = v
+  end
+  return v
+end
+local qlen = {}
+local function queue_len(d)
+  local v = qlen[d]
+  if v == nil then v = redis.call('LLEN', p .. ':dealer:' .. d); qlen[d] = v end
+  return v
+end
+local rrv, rrdirty = {}, {}
+local function rrget(key, d)
+  local h = rrv[key]
+  if h == nil then h = {}; rrv[key] = h end
+  if h[d] == nil then h[d] = tonumber(redis.call('HGET', key, d) or '0') end
+  return h[d]
+end
+local stats = {}
+local function stat(f) stats[f] = (stats[f] or 0) + 1 end
+local acks = {}
+local reply = {}
 
--- 2. Already routed? The same entry committed before (a re-sent commit
--- whose reply was lost) is answered "dup"; another entry with this id is
--- a duplicate_id.
-if mode ~= 'return' then
-  local prev = redis.call('HMGET', reckey, 'ref', 'outcome')
-  if prev[1] then
-    if prev[1] == ref and mode ~= 'list' then return {'dup', prev[2]} end
-    if mode == 'list' and prev[1] == 'list:' .. consumer .. ':' .. redis.sha1hex(payload) then
-      ack()
-      return {'dup', prev[2]}
+local i = 12
+for _ = 1, nleads do
+  local ref, id, payload, attempt = A[i + 1], A[i + 2], A[i + 3], tonumber(A[i + 4])
+  local source, niche, outcome, err = A[i + 5], A[i + 6], A[i + 7], A[i + 8]
+  local head, flags, k, strategy = A[i + 9], A[i + 10], tonumber(A[i + 11]), A[i + 12]
+  local phone, email, passed, had, ncand = A[i + 13], A[i + 14], A[i + 15], A[i + 16], tonumber(A[i + 17])
+  local cbase = i + 17
+  i = cbase + 15 * ncand
+  local reckey = p .. ':lead:' .. id
+  local result
+
+  local function ack()
+    if mode == 'list' then redis.call('LREM', plist, 1, payload) else acks[#acks + 1] = ref end
+  end
+  local function audit(res, dealers, rule, why)
+    if audit_maxlen > 0 then
+      redis.call('XADD', p .. ':audit', 'MAXLEN', '~', audit_maxlen, '*', 'lead_id', id, 'outcome', res,
+        'dealers', dealers, 'rule', rule, 'niche', niche, 'attempt', attempt, 'passed', why, 'ref', ref)
     end
+  end
+  local function unassigned(reason, why)
+    redis.call('RPUSH', p .. ':unassigned', '\133' .. pk('lead_id') .. pk(id) .. pk('reason') ..
+      pk(reason) .. pk('niche') .. pk(niche) .. pk('at') .. pk(now_ms) .. pk('lead') .. payload)
+    stat('received'); stat('unassigned'); stat('unassigned:' .. reason)
+    if source ~= '' then stat('source:' .. source .. ':unassigned') end
+    if niche ~= '' then stat('niche:' .. niche .. ':unassigned') end
+    if reason ~= 'duplicate_id' then
+      if mode == 'return' then
+        redis.call('HSET', reckey, 'attempt', attempt, 'outcome', reason)
+      else
+        redis.call('HSET', reckey, 'dealers', '', 'attempt', attempt, 'niche', niche, 'payload', payload,
+          'ref', ref, 'outcome', reason, 'at', now_ms)
+      end
+      redis.call('EXPIRE', reckey, record_ttl)
+    end
+    audit(reason, '', '', why or '')
+    ack()
+    return 'unassigned:' .. reason
+  end
+
+  -- 1. Fence: this consumer must still own the entry.
+  if mode == 'list' then
+    if not redis.call('LPOS', plist, payload) then result = 'stale' end
+  elseif not owned[ref] then
+    local pe = redis.call('XPENDING', inkey, group, ref, ref, 1)
+    result = (#pe == 0) and 'stale' or 'not_owner'
+  end
+
+  if result == nil and outcome == 'dead' then
+    redis.call('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(err) .. pk('payload') .. pk(payload) ..
+      pk('at') .. pk(now_ms) .. pk('ref') .. pk(mode == 'list' and 'list' or ref))
+    stat('dead')
+    ack()
+    result = 'dead'
+  end
+
+  -- 2. Routed before (within record_ttl)? Then this is a duplicate_id.
+  if result == nil and mode ~= 'return' and redis.call('EXISTS', reckey) == 1 then
     outcome = 'duplicate_id'
   end
-end
 
-local function unassigned(reason, passed)
-  redis.call('RPUSH', p .. ':unassigned', '\133' .. pk('lead_id') .. pk(id) .. pk('reason') ..
-    pk(reason) .. pk('niche') .. pk(niche) .. pk('at') .. pk(now_ms) .. pk('lead') .. payload)
-  stat('received')
-  stat('unassigned')
-  stat('unassigned:' .. reason)
-  if source ~= '' then stat('source:' .. source .. ':unassigned') end
-  if niche ~= '' then stat('niche:' .. niche .. ':unassigned') end
-  if reason ~= 'duplicate_id' then
-    local recref = (mode == 'list') and ('list:' .. consumer .. ':' .. redis.sha1hex(payload)) or ref
-    if mode == 'return' then
-      redis.call('HSET', reckey, 'attempt', attempt, 'outcome', reason)
-    else
-      redis.call('HSET', reckey, 'dealers', '', 'attempt', attempt, 'niche', niche,
-        'payload', payload, 'ref', recref, 'outcome', reason, 'at', now_ms)
+  if result == nil and mode == 'return' and attempt > max_attempts then
+    result = unassigned('max_attempts', passed)
+  end
+  if result == nil and outcome ~= 'route' then result = unassigned(outcome, passed) end
+
+  -- 3. Suppression and duplicates: digests only, no contact data in keys.
+  local seen, prior = {}, nil
+  if result == nil and phone ~= '' and redis.call('SISMEMBER', p .. ':dnc', redis.sha1hex(phone)) == 1 then
+    result = unassigned('suppressed', passed)
+  end
+  if result == nil and mode ~= 'return' and action ~= 'ignore' and window > 0 then
+    if phone ~= '' and dedup_phone then seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('phone:' .. phone) end
+    if email ~= '' and dedup_email then seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('email:' .. email) end
+    for _, sk in ipairs(seen) do
+      local v = redis.call('GET', sk)
+      if v then prior = v break end
     end
-    redis.call('EXPIRE', reckey, record_ttl)
+    if prior and action == 'reject' then result = unassigned('duplicate', passed) end
   end
-  audit(reason, '', '', passed or '')
-  ack()
-  return {'ok', reason, ''}
-end
 
-if mode == 'return' and attempt > max_attempts then return unassigned('max_attempts', A[25]) end
-if outcome ~= 'route' then return unassigned(outcome, A[25]) end
-
--- 3. Suppression and duplicates (digests: no contact data in key names).
-local phone, email = A[21], A[22]
-if phone ~= '' and redis.call('SISMEMBER', p .. ':dnc', redis.sha1hex(phone)) == 1 then
-  return unassigned('suppressed', A[25])
-end
-local action, window = string.match(A[23], '^[^,]*'), tonumber(A[24])
-local seen = {}
-if mode ~= 'return' and action ~= 'ignore' and window > 0 then
-  if phone ~= '' and string.find(A[23], ',phone', 1, true) then
-    seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('phone:' .. phone)
-  end
-  if email ~= '' and string.find(A[23], ',email', 1, true) then
-    seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('email:' .. email)
-  end
-end
-local prior = nil
-for _, k in ipairs(seen) do
-  local v = redis.call('GET', k)
-  if v then prior = v break end
-end
-if prior and action == 'reject' then return unassigned('duplicate', A[25]) end
-
--- 4. Candidates, with caps and queue depth read now (checked before the
--- pick: a full dealer neither wins nor gains rotation value).
-local k, strategy = tonumber(A[19]), A[20]
-local had = {}
-for d in string.gmatch(A[26], '[^,]+') do had[d] = true end
-local n = tonumber(A[27])
-local C = {}
-local periods = {'hour', 'day', 'week', 'month'}
-for i = 0, n - 1 do
-  local b = 27 + i * 15
-  local c = {id = A[b + 1], stage = tonumber(A[b + 2]), tier = tonumber(A[b + 3]),
-    weight = tonumber(A[b + 4]), key = tonumber(A[b + 5]), caps = {}, buckets = {},
-    max_pending = tonumber(A[b + 14]), rule = A[b + 15]}
-  for j = 1, 4 do
-    c.caps[j] = tonumber(A[b + 5 + j])
-    c.buckets[j] = A[b + 9 + j]
-  end
-  C[#C + 1] = c
-end
--- same_dealer: the dealer of the first lead takes the repeat if it can.
-if prior and action == 'same_dealer' and prior ~= '' then
-  local only = {}
-  for _, c in ipairs(C) do if c.id == prior then only[1] = c end end
-  if #only == 1 then C = only end
-end
-
-local passed = {}
-local function capkey(c, j) return p .. ':cap:' .. c.id .. ':' .. periods[j] .. ':' .. c.buckets[j] end
-for _, c in ipairs(C) do
-  c.ok = true
-  if c.max_pending > 0 and redis.call('LLEN', p .. ':dealer:' .. c.id) >= c.max_pending then
-    c.ok = false
-    passed[#passed + 1] = c.id .. '=capped:max_pending'
-  else
-    c.used = {}
-    for j = 1, 4 do
-      c.used[j] = tonumber(redis.call('GET', capkey(c, j)) or '0')
-      if c.ok and c.caps[j] > 0 and c.used[j] >= c.caps[j] then
-        c.ok = false
-        passed[#passed + 1] = c.id .. '=capped:' .. periods[j]
+  if result == nil then
+    -- 4. Candidates; caps and queue depth are checked before the pick, so a
+    -- full dealer neither wins nor gains rotation value.
+    local C = {}
+    for c = 0, ncand - 1 do
+      local b = cbase + c * 15
+      local cd = {id = A[b + 1], stage = tonumber(A[b + 2]), tier = tonumber(A[b + 3]),
+        weight = tonumber(A[b + 4]), key = tonumber(A[b + 5]), caps = {}, keys = {},
+        max_pending = tonumber(A[b + 14]), rule = A[b + 15]}
+      for j = 1, 4 do
+        cd.caps[j] = tonumber(A[b + 5 + j])
+        cd.keys[j] = p .. ':cap:' .. cd.id .. ':' .. periods[j] .. ':' .. A[b + 9 + j]
       end
+      C[#C + 1] = cd
     end
-  end
-end
-
--- 5. The pick, exactly as rules_pick: stage by stage, tier by tier.
-local picked, picked_stage = {}, -1
-local rr_changes = {}
-for stage = 0, 1 do
-  if #picked > 0 then break end
-  local i = 1
-  while i <= #C do
-    local c0 = C[i]
-    local j = i
-    while j <= #C and C[j].stage == c0.stage and C[j].tier == c0.tier do j = j + 1 end
-    if c0.stage == stage and #picked < k then
-      local el = {}
-      for x = i, j - 1 do if C[x].ok then el[#el + 1] = C[x] end end
-      local rrkey = p .. ':rr:' .. niche .. ':' .. c0.tier
-      if strategy == 'least_loaded' then
-        for _, c in ipairs(el) do
-          c.key = (c.caps[2] > 0) and (c.used[2] / c.caps[2]) or c.used[2]
-        end
-      end
-      while #el > 0 and #picked < k do
-        local best = 1
-        if strategy == 'weighted' or strategy == 'round_robin' then
-          local total, bestv = 0, nil
-          for x, c in ipairs(el) do
-            if c.cur == nil then c.cur = tonumber(redis.call('HGET', rrkey, c.id) or '0') end
-            local w = (strategy == 'round_robin') and 1 or c.weight
-            c.cur = c.cur + w
-            total = total + w
-            if bestv == nil or c.cur > bestv then best, bestv = x, c.cur end
+    if prior and action == 'same_dealer' and prior ~= '' then
+      for _, cd in ipairs(C) do if cd.id == prior then C = {cd} break end end
+    end
+    local why = {}
+    for _, cd in ipairs(C) do
+      cd.ok = true
+      if cd.max_pending > 0 and queue_len(cd.id) >= cd.max_pending then
+        cd.ok = false
+        why[#why + 1] = cd.id .. '=capped:max_pending'
+      else
+        for j = 1, 4 do
+          if cd.caps[j] > 0 and capget(cd.keys[j]) >= cd.caps[j] then
+            cd.ok = false
+            why[#why + 1] = cd.id .. '=capped:' .. periods[j]
+            break
           end
-          el[best].cur = el[best].cur - total
-          for _, c in ipairs(el) do rr_changes[#rr_changes + 1] = {rrkey, c} end
-        else
-          for x, c in ipairs(el) do if c.key < el[best].key then best = x end end
         end
-        picked[#picked + 1] = el[best]
-        picked_stage = stage
-        table.remove(el, best)
       end
     end
-    i = j
+
+    -- 5. The pick, exactly as rules_pick: stage by stage, tier by tier.
+    local picked = {}
+    for stage = 0, 1 do
+      if #picked > 0 then break end
+      local a = 1
+      while a <= #C do
+        local c0 = C[a]
+        local b = a
+        while b <= #C and C[b].stage == c0.stage and C[b].tier == c0.tier do b = b + 1 end
+        if c0.stage == stage and #picked < k then
+          local el = {}
+          for x = a, b - 1 do if C[x].ok then el[#el + 1] = C[x] end end
+          local rrkey = p .. ':rr:' .. niche .. ':' .. c0.tier
+          if strategy == 'least_loaded' then
+            for _, cd in ipairs(el) do
+              local used = capget(cd.keys[2])
+              cd.key = (cd.caps[2] > 0) and (used / cd.caps[2]) or used
+            end
+          end
+          while #el > 0 and #picked < k do
+            local best = 1
+            if strategy == 'weighted' or strategy == 'round_robin' then
+              local total, bestv = 0, nil
+              for x, cd in ipairs(el) do
+                local w = (strategy == 'round_robin') and 1 or cd.weight
+                local cur = rrget(rrkey, cd.id) + w
+                rrv[rrkey][cd.id] = cur
+                total = total + w
+                if bestv == nil or cur > bestv then best, bestv = x, cur end
+              end
+              rrv[rrkey][el[best].id] = rrv[rrkey][el[best].id] - total
+              rrdirty[rrkey] = true
+            else
+              for x, cd in ipairs(el) do if cd.key < el[best].key then best = x end end
+            end
+            picked[#picked + 1] = el[best]
+            table.remove(el, best)
+          end
+        end
+        a = b
+      end
+    end
+
+    local function summary(extra)
+      local s = table.concat(why, ',')
+      for _, e in ipairs(extra) do s = s .. (s ~= '' and ',' or '') .. e end
+      if passed ~= '' then s = s .. (s ~= '' and ',' or '') .. passed end
+      return s
+    end
+
+    if #picked == 0 then
+      local hold = string.find(flags, 'H', 1, true) ~= nil
+      result = unassigned(hold and 'exclusive_owner_unavailable' or 'all_capped', summary({}))
+    else
+      -- 6. Writes.
+      local ids, rule = {}, ''
+      for _, cd in ipairs(picked) do
+        ids[#ids + 1] = cd.id
+        local asg = head .. pk('dealer') .. pk(cd.id) .. pk('rule') .. pk(cd.rule) .. pk('routed_at') ..
+          pk(now_ms) .. pk('lead') .. payload
+        if string.find(flags, 'h', 1, true) then
+          redis.call('LPUSH', p .. ':dealer:' .. cd.id, asg)
+        else
+          redis.call('RPUSH', p .. ':dealer:' .. cd.id, asg)
+        end
+        if qlen[cd.id] then qlen[cd.id] = qlen[cd.id] + 1 end
+        for j = 1, 4 do
+          capget(cd.keys[j])
+          capv[cd.keys[j]] = capv[cd.keys[j]] + 1
+          capdelta[cd.keys[j]] = (capdelta[cd.keys[j]] or 0) + 1
+        end
+        stat('dealer:' .. cd.id .. ':assigned')
+        rule = cd.rule
+      end
+      local dealers = table.concat(ids, ',')
+      stat('received'); stat('assigned')
+      if source ~= '' then stat('source:' .. source .. ':assigned') end
+      stat('niche:' .. niche .. ':assigned')
+      if mode == 'return' then
+        redis.call('HSET', reckey, 'dealers', (had ~= '' and (had .. ',') or '') .. dealers, 'attempt', attempt,
+          'outcome', 'assigned')
+        stat('returned')
+      else
+        redis.call('HSET', reckey, 'dealers', dealers, 'attempt', attempt, 'niche', niche, 'payload', payload,
+          'ref', ref, 'outcome', 'assigned', 'at', now_ms)
+      end
+      redis.call('EXPIRE', reckey, record_ttl)
+      for _, sk in ipairs(seen) do redis.call('SET', sk, ids[1], 'NX', 'EX', window) end
+      local notpicked = {}
+      for _, cd in ipairs(C) do
+        local was = false
+        for _, q in ipairs(picked) do if q == cd then was = true end end
+        if cd.ok and not was then notpicked[#notpicked + 1] = cd.id .. '=not_picked' end
+      end
+      audit('assigned', dealers, rule, summary(notpicked))
+      ack()
+      result = 'assigned:' .. dealers
+    end
   end
+  reply[#reply + 1] = result
 end
 
-local function summary_with(extra)
-  local s = table.concat(passed, ',')
-  if #extra > 0 then s = s .. (s ~= '' and ',' or '') .. table.concat(extra, ',') end
-  if A[25] ~= '' then s = s .. (s ~= '' and ',' or '') .. A[25] end
-  return s
-end
-
-if #picked == 0 then
-  -- The routing core found candidates, so what stopped them here is caps
-  -- (or a full queue); owners that hold keep the lead from the others.
-  local hold = string.find(A[18], 'H', 1, true) ~= nil
-  return unassigned(hold and 'exclusive_owner_unavailable' or 'all_capped', summary_with({}))
-end
-
--- 6. Writes.
-local ids = {}
-local rule_of = ''
-local head = A[17]
-for _, c in ipairs(picked) do
-  ids[#ids + 1] = c.id
-  local a = head .. pk('dealer') .. pk(c.id) .. pk('rule') .. pk(c.rule) .. pk('routed_at') ..
-    pk(now_ms) .. pk('lead') .. payload
-  if string.find(A[18], 'h', 1, true) then
-    redis.call('LPUSH', p .. ':dealer:' .. c.id, a)
-  else
-    redis.call('RPUSH', p .. ':dealer:' .. c.id, a)
-  end
-  local ttl = {2 * 3600, 2 * 86400, 8 * 86400, 32 * 86400}
-  for j = 1, 4 do
-    local ck = capkey(c, j)
-    if redis.call('INCR', ck) == 1 then redis.call('EXPIRE', ck, ttl[j]) end
-  end
-  stat('dealer:' .. c.id .. ':assigned')
-  rule_of = c.rule
-end
-local written = {}
-for _, ch in ipairs(rr_changes) do
-  local key = ch[1] .. '\0' .. ch[2].id
-  if not written[key] then
-    written[key] = true
-    redis.call('HSET', ch[1], ch[2].id, ch[2].cur)
+-- Batch-wide writes: counters, rotation state, statistics, acks. Long
+-- argument lists go in chunks (Lua's unpack has a stack limit).
+local function call_chunked(cmd, key, pre, list)
+  for c = 1, #list, 1000 do
+    local args = {cmd, key}
+    for _, x in ipairs(pre) do args[#args + 1] = x end
+    for j = c, math.min(c + 999, #list) do args[#args + 1] = list[j] end
+    redis.call(unpack(args))
   end
 end
-local dealers = table.concat(ids, ',')
-stat('received')
-stat('assigned')
-if source ~= '' then stat('source:' .. source .. ':assigned') end
-stat('niche:' .. niche .. ':assigned')
-if mode == 'return' then
-  local prev = redis.call('HGET', reckey, 'dealers') or ''
-  redis.call('HSET', reckey, 'dealers', (prev ~= '' and (prev .. ',') or '') .. dealers,
-    'attempt', attempt, 'outcome', 'assigned')
-  stat('returned')
-else
-  local recref = (mode == 'list') and ('list:' .. consumer .. ':' .. redis.sha1hex(payload)) or ref
-  redis.call('HSET', reckey, 'dealers', dealers, 'attempt', attempt, 'niche', niche,
-    'payload', payload, 'ref', recref, 'outcome', 'assigned', 'at', now_ms)
+for key, d in pairs(capdelta) do
+  redis.call('INCRBY', key, d)
+  if capnew[key] then
+    for j = 1, 4 do
+      if string.find(key, ':' .. periods[j] .. ':', 1, true) then redis.call('EXPIRE', key, ttl[j]) break end
+    end
+  end
 end
-redis.call('EXPIRE', reckey, record_ttl)
-for _, sk in ipairs(seen) do
-  redis.call('SET', sk, ids[1], 'NX', 'EX', window)
+for key in pairs(rrdirty) do
+  local fv = {}
+  for d, v in pairs(rrv[key]) do fv[#fv + 1] = d; fv[#fv + 1] = v end
+  call_chunked('HSET', key, {}, fv)
 end
-local notpicked = {}
-for _, c in ipairs(C) do
-  local was = false
-  for _, q in ipairs(picked) do if q == c then was = true end end
-  if not was and c.ok then notpicked[#notpicked + 1] = c.id .. '=not_picked' end
+local sk = p .. ':stats:' .. hour
+local any = false
+for f, n in pairs(stats) do redis.call('HINCRBY', sk, f, n); any = true end
+if any then redis.call('EXPIRE', sk, 400 * 86400) end
+if #acks > 0 then
+  call_chunked('XACK', inkey, {group}, acks)
+  call_chunked('XDEL', inkey, {}, acks)
 end
-audit('assigned', dealers, rule_of, summary_with(notpicked))
-ack()
-return {'ok', 'assigned', dealers}
+return reply

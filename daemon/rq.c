@@ -27,16 +27,14 @@ extern const unsigned long lr_commit_lua_len;
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
 
-/* One lead (or one return) whose commit is being built or awaits its reply. */
-struct slot {
+/* A batch of leads (or one return) whose commit awaits its reply. */
+struct batch {
     struct rq *q;
     bool busy;       /* sent, no reply yet */
     bool resend;     /* its connection dropped before the reply: send again */
     bool dynamic;    /* a return: freed after the reply */
     bool is_return;
-    char ref[64];    /* stream entry id */
-    char *payload;
-    size_t len, cap;
+    char ref[64];    /* the first entry id, for logs */
     struct commit_args args;
 };
 
@@ -58,8 +56,7 @@ struct rq {
     struct rules_scratch *scratch;
     const struct rules_table *scratch_for;
     struct codec_lead *codec;
-    struct slot *slots;
-    int nslots;
+    struct batch input;    /* the input batch: one in flight at a time */
     struct rq_stats st;
     void (*on_ready)(void *);
     void (*on_exit)(void *, int);
@@ -117,33 +114,37 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 static void read_next(struct rq *q);
 static void maybe_finish(struct rq *q);
-
 static void on_commit(redisAsyncContext *ac, void *reply, void *priv);
 
-static void send_commit(struct rq *q, struct slot *s, bool full_script)
+static void send_commit(struct rq *q, struct batch *b, bool full_script)
 {
-    struct commit_args *a = &s->args;
+    struct commit_args *a = &b->args;
     a->argv[0] = full_script ? "EVAL" : "EVALSHA";
     a->len[0] = strlen(a->argv[0]);
     a->argv[1] = full_script ? lr_commit_lua : q->sha;
     a->len[1] = full_script ? lr_commit_lua_len : strlen(q->sha);
     a->argv[2] = "0";
     a->len[2] = 1;
-    s->resend = false;
-    if (!q->wr_up || redisAsyncCommandArgv(q->wr, on_commit, s, (int)a->argc, a->argv, a->len) != REDIS_OK) {
-        s->resend = true; /* sent again once the connection is back */
-        return;
-    }
+    b->resend = false;
+    if (!q->wr_up || redisAsyncCommandArgv(q->wr, on_commit, b, (int)a->argc, a->argv, a->len) != REDIS_OK)
+        b->resend = true; /* sent again once the connection is back */
 }
 
-static void slot_done(struct rq *q, struct slot *s)
+static void send_batch(struct rq *q, struct batch *b)
 {
-    s->busy = false;
+    commit_end(&b->args);
+    b->busy = true;
+    q->inflight++;
+    send_commit(q, b, false);
+}
+
+static void batch_done(struct rq *q, struct batch *b)
+{
+    b->busy = false;
     q->inflight--;
-    if (s->dynamic) {
-        commit_args_free(&s->args);
-        free(s->payload);
-        free(s);
+    if (b->dynamic) {
+        commit_args_free(&b->args);
+        free(b);
     }
     if (q->inflight == 0) {
         if (q->stopping)
@@ -153,111 +154,83 @@ static void slot_done(struct rq *q, struct slot *s)
     }
 }
 
+static void tally(struct rq *q, const struct batch *b, const char *res)
+{
+    if (strncmp(res, "assigned:", 9) == 0) {
+        q->st.assigned++;
+    } else if (strncmp(res, "unassigned:", 11) == 0) {
+        q->st.unassigned++;
+    } else if (strcmp(res, "dead") == 0) {
+        q->st.dead++;
+    } else {
+        /* stale / not_owner: committed already, or taken over by another
+         * consumer: nothing was written. */
+        q->st.stale++;
+        log_info("batch at %s: a lead was %s", b->ref, res);
+    }
+}
+
 static void on_commit(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
-    struct slot *s = priv;
-    struct rq *q = s->q;
+    struct batch *b = priv;
+    struct rq *q = b->q;
     redisReply *r = reply;
     if (!r) { /* connection lost: the outcome is unknown; the script makes a repeat safe */
-        s->resend = true;
+        b->resend = true;
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
         if (strncmp(r->str, "NOSCRIPT", 8) == 0) { /* Redis restarted: EVAL loads it again */
-            send_commit(q, s, true);
+            send_commit(q, b, true);
             return;
         }
         q->st.errors++;
-        log_error("commit of entry %s failed: %s (left pending for recovery)", s->ref, r->str);
-        slot_done(q, s);
-        return;
-    }
-    if (r->type == REDIS_REPLY_ARRAY && r->elements >= 1 && r->element[0]->type == REDIS_REPLY_STRING) {
-        const char *what = r->element[0]->str;
-        const char *outcome = r->elements >= 2 && r->element[1]->type == REDIS_REPLY_STRING ? r->element[1]->str : "";
-        if (strcmp(what, "ok") == 0) {
-            if (strcmp(outcome, "assigned") == 0) {
-                q->st.assigned++;
-                if (s->is_return)
-                    q->st.returns++;
-            } else if (strcmp(outcome, "dead") == 0) {
-                q->st.dead++;
-            } else {
-                q->st.unassigned++;
-            }
-            log_debug("entry %s: %s %s", s->ref, outcome,
-                      r->elements >= 3 && r->element[2]->type == REDIS_REPLY_STRING ? r->element[2]->str : "");
-        } else {
-            /* stale / not_owner / dup: another consumer (or an earlier send
-             * of ours) committed it; nothing was written. */
-            q->st.stale++;
-            log_info("entry %s: %s", s->ref, what);
-        }
+        log_error("commit of the batch at %s failed: %s (its leads stay pending for recovery)", b->ref, r->str);
+    } else if (r->type == REDIS_REPLY_ARRAY) {
+        for (size_t i = 0; i < r->elements; i++)
+            if (r->element[i]->type == REDIS_REPLY_STRING)
+                tally(q, b, r->element[i]->str);
     } else {
         q->st.errors++;
-        log_error("entry %s: unexpected commit reply type %d", s->ref, r->type);
+        log_error("batch at %s: unexpected commit reply type %d", b->ref, r->type);
     }
-    slot_done(q, s);
+    batch_done(q, b);
 }
 
-/* Decodes, routes and commits one input entry whose payload is in s. */
-static void process(struct rq *q, struct slot *s, enum commit_mode mode)
+static bool ensure_scratch(struct rq *q)
+{
+    if (q->scratch_for != q->cfg->rules) {
+        rules_scratch_free(q->scratch);
+        q->scratch = rules_scratch_new(q->cfg->rules);
+        q->scratch_for = q->scratch ? q->cfg->rules : NULL;
+    }
+    return q->scratch != NULL;
+}
+
+/* Decodes and routes one input entry into the batch being built. */
+static int add_entry(struct rq *q, struct batch *b, enum commit_mode mode, const char *ref, const char *payload,
+                     size_t len, int64_t now)
 {
     const struct cfg *c = q->cfg;
-    if (q->scratch_for != c->rules) {
-        rules_scratch_free(q->scratch);
-        q->scratch = rules_scratch_new(c->rules);
-        q->scratch_for = c->rules;
-    }
-    int64_t now = redis_now_ms(q);
-    struct commit_src src = {.mode = mode, .consumer = q->consumer, .ref = mode == COMMIT_LIST ? q->proc : s->ref,
-                             .payload = s->payload, .payload_len = s->len, .attempt = 1};
+    struct commit_src src = {.ref = ref, .payload = payload, .payload_len = len, .attempt = 1};
     char err[256];
-    int rc;
     q->st.received++;
-    if (!q->scratch) {
-        q->st.errors++;
-        log_error("entry %s: out of memory", s->ref);
-        return;
+    if (codec_lead_decode(q->codec, payload, len, c->limits.max_lead_bytes, err, sizeof err) != 0) {
+        log_info("entry %s: dead letter: %s", ref, err);
+        return commit_add_dead(&b->args, &src, err);
     }
-    if (codec_lead_decode(q->codec, s->payload, s->len, c->limits.max_lead_bytes, err, sizeof err) != 0) {
-        log_info("entry %s: dead letter: %s", s->ref, err);
-        rc = commit_build_dead(&s->args, c, &src, err, now);
-    } else {
-        const struct lead *l = codec_lead_get(q->codec);
-        struct rules_input in = {.now_ms = now};
-        struct rules_decision d;
-        rules_decide(c->rules, q->scratch, l, &in, &d);
-        rc = commit_build_route(&s->args, c, &src, l, &d, now);
-    }
-    if (rc != 0) {
-        q->st.errors++;
-        log_error("entry %s: out of memory building its commit (left pending)", s->ref);
-        return;
-    }
-    s->busy = true;
-    q->inflight++;
-    send_commit(q, s, false);
-}
-
-static int slot_payload(struct slot *s, const char *p, size_t n)
-{
-    if (n > s->cap) {
-        char *np = realloc(s->payload, n ? n : 1);
-        if (!np)
-            return -1;
-        s->payload = np;
-        s->cap = n;
-    }
-    memcpy(s->payload, p, n);
-    s->len = n;
-    return 0;
+    const struct lead *l = codec_lead_get(q->codec);
+    struct rules_input in = {.now_ms = now};
+    struct rules_decision d;
+    rules_decide(c->rules, q->scratch, l, &in, &d);
+    return commit_add_route(&b->args, c, mode, &src, l, &d, now);
 }
 
 /* ------------------------------------------------------------- input --- */
 
 static void on_read(redisAsyncContext *ac, void *reply, void *priv);
+static void on_group(redisAsyncContext *ac, void *reply, void *priv);
 
 static void read_next(struct rq *q)
 {
@@ -274,11 +247,8 @@ static void read_next(struct rq *q)
     q->reading = rc == REDIS_OK;
 }
 
-static void on_group(redisAsyncContext *ac, void *reply, void *priv);
-
 static void on_read(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
     (void)priv;
     struct rq *q = ac->data;
     redisReply *r = reply;
@@ -296,43 +266,41 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
             log_error("reading the input: %s", r->str);
         }
         struct timeval tv = {0, 200 * 1000};
-        evtimer_add(q->retry_ev, &tv); /* retry later (on_retry also reads) */
+        evtimer_add(q->retry_ev, &tv); /* on_retry reads again */
         return;
     }
-    int n = 0;
-    if (q->cfg->input.mode == INPUT_LIST) {
-        if (r->type == REDIS_REPLY_STRING) {
-            struct slot *s = &q->slots[0];
-            snprintf(s->ref, sizeof s->ref, "list");
-            if (slot_payload(s, r->str, r->len) == 0) {
-                process(q, s, COMMIT_LIST);
-                n = 1;
-            }
+    struct batch *b = &q->input;
+    enum commit_mode mode = q->cfg->input.mode == INPUT_LIST ? COMMIT_LIST : COMMIT_STREAM;
+    int64_t now = redis_now_ms(q);
+    int rc = ensure_scratch(q) ? commit_begin(&b->args, q->cfg, mode, q->consumer, q->proc, now) : -1;
+    if (mode == COMMIT_LIST) {
+        if (r->type == REDIS_REPLY_STRING && rc == 0) {
+            snprintf(b->ref, sizeof b->ref, "list");
+            rc = add_entry(q, b, mode, "list", r->str, r->len, now);
         }
-    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && rc == 0) {
         redisReply *entries = r->element[0]->element[1];
-        for (size_t i = 0; i < entries->elements && (int)i < q->nslots; i++) {
-            redisReply *e = entries->element[i];
-            struct slot *s = &q->slots[i];
-            snprintf(s->ref, sizeof s->ref, "%s", e->element[0]->str);
-            redisReply *f = e->element[1];
-            const char *p = NULL;
+        for (size_t i = 0; i < entries->elements && rc == 0; i++) {
+            redisReply *e = entries->element[i], *f = e->element[1];
+            const char *p = "";
             size_t len = 0;
+            /* No `lead` field: an empty payload, which dead-letters. */
             for (size_t k = 0; f && f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2)
                 if (strcmp(f->element[k]->str, "lead") == 0) {
                     p = f->element[k + 1]->str;
                     len = f->element[k + 1]->len;
                 }
-            if (!p) { /* no `lead` field: nothing to decode, dead-letter what there is */
-                p = "";
-                len = 0;
-            }
-            if (slot_payload(s, p, len) == 0)
-                process(q, s, COMMIT_STREAM);
-            n++;
+            if (i == 0)
+                snprintf(b->ref, sizeof b->ref, "%s", e->element[0]->str);
+            rc = add_entry(q, b, mode, e->element[0]->str, p, len, now);
         }
     }
-    (void)n;
+    if (rc != 0) {
+        q->st.errors++;
+        log_error("out of memory building a commit: its leads stay pending for recovery");
+    } else if (commit_count(&b->args) > 0) {
+        send_batch(q, b);
+    }
     if (q->stopping)
         maybe_finish(q);
     else if (q->inflight == 0)
@@ -348,31 +316,36 @@ struct ret {
     char dealer[128];
 };
 
+static struct batch *return_batch(struct rq *q, const struct ret *rt)
+{
+    struct batch *b = calloc(1, sizeof *b);
+    if (!b)
+        return NULL;
+    b->q = q;
+    b->dynamic = true;
+    b->is_return = true;
+    snprintf(b->ref, sizeof b->ref, "%s", rt->ref);
+    if (commit_begin(&b->args, q->cfg, COMMIT_RETURN, q->consumer, NULL, redis_now_ms(q)) != 0) {
+        commit_args_free(&b->args);
+        free(b);
+        return NULL;
+    }
+    return b;
+}
+
 static void commit_return_dead(struct rq *q, const struct ret *rt, const char *why)
 {
-    struct slot *s = calloc(1, sizeof *s);
-    if (!s)
-        return;
-    s->q = q;
-    s->dynamic = true;
-    s->is_return = true;
-    snprintf(s->ref, sizeof s->ref, "%s", rt->ref);
-    struct commit_src src = {.mode = COMMIT_RETURN, .consumer = q->consumer, .ref = rt->ref, .attempt = 1};
-    if (slot_payload(s, rt->lead_id, strlen(rt->lead_id)) != 0) {
-        free(s);
+    struct batch *b = return_batch(q, rt);
+    struct commit_src src = {.ref = rt->ref, .payload = rt->lead_id, .payload_len = strlen(rt->lead_id),
+                             .attempt = 1};
+    if (!b || commit_add_dead(&b->args, &src, why) != 0) {
+        if (b)
+            commit_args_free(&b->args);
+        free(b);
+        q->st.errors++;
         return;
     }
-    src.payload = s->payload;
-    src.payload_len = s->len;
-    if (commit_build_dead(&s->args, q->cfg, &src, why, redis_now_ms(q)) != 0) {
-        commit_args_free(&s->args);
-        free(s->payload);
-        free(s);
-        return;
-    }
-    s->busy = true;
-    q->inflight++;
-    send_commit(q, s, false);
+    send_batch(q, b);
 }
 
 static const char *field(const redisReply *h, const char *name, size_t *len)
@@ -386,9 +359,61 @@ static const char *field(const redisReply *h, const char *name, size_t *len)
     return NULL;
 }
 
-/* The lead record arrived: route the lead again, to a dealer that has not
- * had it, or dead-letter a return that names no lead or a dealer that never
- * had it. */
+static bool in_list(const char *list, const char *item)
+{
+    size_t il = strlen(item);
+    for (const char *p = list; *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n == il && memcmp(p, item, n) == 0)
+            return true;
+        p += n + (e ? 1 : 0);
+    }
+    return false;
+}
+
+/* Re-routes a returned lead to one dealer that has not had it. */
+static void reroute(struct rq *q, const struct ret *rt, const char *dealers, const char *attempt, const char *payload,
+                    size_t plen)
+{
+    const struct cfg *c = q->cfg;
+    char err[256];
+    if (!ensure_scratch(q) || codec_lead_decode(q->codec, payload, plen, SIZE_MAX, err, sizeof err) != 0) {
+        commit_return_dead(q, rt, "bad_return: the recorded lead cannot be decoded");
+        return;
+    }
+    struct batch *b = return_batch(q, rt);
+    if (!b) {
+        q->st.errors++;
+        return;
+    }
+    uint32_t exclude[64], n_ex = 0;
+    for (const char *p = dealers; *p && n_ex < 64;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        int di = rules_dealer_find(c->rules, p, n);
+        if (di >= 0)
+            exclude[n_ex++] = (uint32_t)di;
+        p += n + (e ? 1 : 0);
+    }
+    int64_t now = redis_now_ms(q);
+    struct rules_input in = {.now_ms = now, .exclude = exclude, .n_exclude = n_ex};
+    struct rules_decision d;
+    const struct lead *l = codec_lead_get(q->codec);
+    rules_decide(c->rules, q->scratch, l, &in, &d);
+    struct commit_src src = {.ref = rt->ref, .payload = payload, .payload_len = plen, .attempt = atoi(attempt) + 1,
+                             .had = dealers};
+    if (commit_add_route(&b->args, c, COMMIT_RETURN, &src, l, &d, now) != 0) {
+        commit_args_free(&b->args);
+        free(b);
+        q->st.errors++;
+        return;
+    }
+    send_batch(q, b);
+}
+
+/* The lead record arrived: route the lead again, or dead-letter a return
+ * that names no lead or a dealer that never had it. */
 static void on_record(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)ac;
@@ -396,87 +421,26 @@ static void on_record(redisAsyncContext *ac, void *reply, void *priv)
     struct rq *q = rt->q;
     redisReply *r = reply;
     q->inflight--;
-    if (!r || r->type != REDIS_REPLY_ARRAY) { /* disconnected: the return stays pending */
-        free(rt);
-        if (q->inflight == 0 && !q->stopping)
-            read_next(q);
-        maybe_finish(q);
-        return;
-    }
-    size_t plen = 0;
-    const char *dealers = field(r, "dealers", NULL), *attempt = field(r, "attempt", NULL);
-    const char *payload = field(r, "payload", &plen);
-    bool had = false;
-    if (dealers) {
-        size_t dl = strlen(rt->dealer);
-        for (const char *p = dealers; *p;) {
-            const char *e = strchr(p, ',');
-            size_t n = e ? (size_t)(e - p) : strlen(p);
-            if (n == dl && memcmp(p, rt->dealer, n) == 0)
-                had = true;
-            p += n + (e ? 1 : 0);
-        }
-    }
-    if (!payload || !attempt) {
-        commit_return_dead(q, rt, "bad_return: unknown lead");
-    } else if (!had) {
-        commit_return_dead(q, rt, "bad_return: that dealer never had the lead");
-    } else {
-        struct slot *s = calloc(1, sizeof *s);
-        const struct cfg *c = q->cfg;
-        char err[256];
-        uint32_t exclude[64];
-        uint32_t n_ex = 0;
-        if (s && slot_payload(s, payload, plen) == 0 &&
-            codec_lead_decode(q->codec, s->payload, s->len, SIZE_MAX, err, sizeof err) == 0) {
-            s->q = q;
-            s->dynamic = true;
-            s->is_return = true;
-            snprintf(s->ref, sizeof s->ref, "%s", rt->ref);
-            for (const char *p = dealers; *p && n_ex < 64;) {
-                const char *e = strchr(p, ',');
-                size_t n = e ? (size_t)(e - p) : strlen(p);
-                int di = rules_dealer_find(c->rules, p, n);
-                if (di >= 0)
-                    exclude[n_ex++] = (uint32_t)di;
-                p += n + (e ? 1 : 0);
-            }
-            if (q->scratch_for != c->rules) {
-                rules_scratch_free(q->scratch);
-                q->scratch = rules_scratch_new(c->rules);
-                q->scratch_for = c->rules;
-            }
-            int64_t now = redis_now_ms(q);
-            struct rules_input in = {.now_ms = now, .exclude = exclude, .n_exclude = n_ex};
-            struct rules_decision d;
-            const struct lead *l = codec_lead_get(q->codec);
-            rules_decide(c->rules, q->scratch, l, &in, &d);
-            struct commit_src src = {.mode = COMMIT_RETURN, .consumer = q->consumer, .ref = rt->ref,
-                                     .payload = s->payload, .payload_len = s->len,
-                                     .attempt = atoi(attempt) + 1, .had = dealers};
-            if (commit_build_route(&s->args, c, &src, l, &d, now) == 0) {
-                s->busy = true;
-                q->inflight++;
-                send_commit(q, s, false);
-                s = NULL;
-            }
-        }
-        if (s) {
-            commit_args_free(&s->args);
-            free(s->payload);
-            free(s);
-            commit_return_dead(q, rt, "bad_return: the recorded lead cannot be decoded");
-        }
-    }
+    if (r && r->type == REDIS_REPLY_ARRAY) {
+        size_t plen = 0;
+        const char *dealers = field(r, "dealers", NULL), *attempt = field(r, "attempt", NULL);
+        const char *payload = field(r, "payload", &plen);
+        if (!payload || !attempt || !dealers)
+            commit_return_dead(q, rt, "bad_return: unknown lead");
+        else if (!in_list(dealers, rt->dealer))
+            commit_return_dead(q, rt, "bad_return: that dealer never had the lead");
+        else
+            reroute(q, rt, dealers, attempt, payload, plen);
+    } /* else disconnected: the return stays pending */
     free(rt);
-    if (q->inflight == 0 && !q->stopping)
+    if (q->stopping)
+        maybe_finish(q);
+    else if (q->inflight == 0)
         read_next(q);
-    maybe_finish(q);
 }
 
 static void on_returns(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
     (void)priv;
     struct rq *q = ac->data;
     redisReply *r = reply;
@@ -503,6 +467,7 @@ static void on_returns(redisAsyncContext *ac, void *reply, void *priv)
             free(rt);
             continue;
         }
+        q->st.returns++;
         q->inflight++;
         redisAsyncCommand(q->wr, on_record, rt, "HGETALL %s:lead:%s", q->cfg->prefix, rt->lead_id);
     }
@@ -513,11 +478,10 @@ static void on_returns_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct rq *q = arg;
-    if (q->ready && q->wr_up && !q->stopping && !q->polling_returns) {
+    if (q->ready && q->wr_up && !q->stopping && !q->polling_returns)
         q->polling_returns = redisAsyncCommand(q->wr, on_returns, NULL,
                                                "XREADGROUP GROUP %s %s COUNT 64 STREAMS %s:returns >",
                                                q->cfg->input.group, q->consumer, q->cfg->prefix) == REDIS_OK;
-    }
     struct timeval tv = {0, RETURNS_POLL_MS * 1000};
     if (!q->stopping)
         evtimer_add(q->returns_ev, &tv);
@@ -534,9 +498,8 @@ static void become_ready(struct rq *q)
     q->backoff_ms = BACKOFF_MIN_MS;
     log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
     /* Commits whose replies were lost with the old connection go again. */
-    for (int i = 0; i < q->nslots; i++)
-        if (q->slots[i].busy && q->slots[i].resend)
-            send_commit(q, &q->slots[i], false);
+    if (q->input.busy && q->input.resend)
+        send_commit(q, &q->input, false);
     if (!q->was_ready) {
         q->was_ready = true;
         if (q->on_ready)
@@ -721,18 +684,15 @@ struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, siz
     }
     q->base = base;
     q->cfg = cfg;
-    q->nslots = cfg->input.mode == INPUT_LIST ? 1 : cfg->input.batch;
-    q->slots = calloc((size_t)q->nslots, sizeof *q->slots);
+    q->input.q = q;
     q->codec = codec_lead_new();
     q->retry_ev = evtimer_new(base, on_retry, q);
     q->returns_ev = evtimer_new(base, on_returns_timer, q);
-    if (!q->slots || !q->codec || !q->retry_ev || !q->returns_ev) {
+    if (!q->codec || !q->retry_ev || !q->returns_ev) {
         rq_free(q);
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    for (int i = 0; i < q->nslots; i++)
-        q->slots[i].q = q;
     char host[64] = "host";
     gethostname(host, sizeof host - 1);
     struct timeval tv;
@@ -802,11 +762,7 @@ void rq_free(struct rq *q)
         redisAsyncFree(q->rd);
     if (q->wr)
         redisAsyncFree(q->wr);
-    for (int i = 0; i < q->nslots; i++) {
-        commit_args_free(&q->slots[i].args);
-        free(q->slots[i].payload);
-    }
-    free(q->slots);
+    commit_args_free(&q->input.args);
     codec_lead_free(q->codec);
     rules_scratch_free(q->scratch);
     if (q->retry_ev)

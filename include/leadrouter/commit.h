@@ -22,25 +22,30 @@ struct commit_args {
     size_t *off; /* offsets into buf (argv is fixed up when buf stops moving) */
     char *buf;
     size_t used, bufcap;
+    int leads;
 };
 
-/* Where the lead came from and which attempt this is. */
+/* One lead of a batch: where it came from and which attempt this is. */
 struct commit_src {
-    enum commit_mode mode;
-    const char *consumer;
-    const char *ref;       /* stream entry id, or the processing list */
+    const char *ref;       /* stream entry id ("list" in list mode) */
     const char *payload;   /* the raw msgpack bytes */
     size_t payload_len;
     int attempt;
     const char *had;       /* dealers that had it already (returns), comma list */
 };
 
-/* argv[0] is left for the caller ("EVALSHA"/"EVAL"), argv[1] the script or
- * sha, argv[2] "0". Returns 0, or -1 when out of memory. */
-int commit_build_route(struct commit_args *a, const struct cfg *c, const struct commit_src *src,
-                       const struct lead *l, struct rules_decision *d, int64_t now_ms) LR_WUR;
-int commit_build_dead(struct commit_args *a, const struct cfg *c, const struct commit_src *src, const char *error,
-                      int64_t now_ms) LR_WUR;
+/* A batch: begin, then one commit_add_* per lead, then end. argv[0..2] are
+ * left for the sender ("EVALSHA" sha "0", or "EVAL" script "0"). Each
+ * returns 0, or -1 when out of memory. */
+int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const char *consumer,
+                 const char *plist, int64_t now_ms) LR_WUR;
+int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
+                     const struct lead *l, struct rules_decision *d, int64_t now_ms) LR_WUR;
+int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error) LR_WUR;
+/* Sets the lead count; the argv is ready to send until the next begin. */
+void commit_end(struct commit_args *a);
+/* Leads in the batch. */
+int commit_count(const struct commit_args *a);
 void commit_args_free(struct commit_args *a);
 
 /* Digest inputs (no PII leaves the daemon except to Redis, which hashes
