@@ -80,6 +80,7 @@ static void finish(struct rq *q, int code)
     if (q->exited)
         return;
     q->exited = true;
+    q->stopping = true; /* the contexts are freed next: no reconnecting */
     if (q->on_exit)
         q->on_exit(q->ctx, code);
 }
