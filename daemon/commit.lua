@@ -73,7 +73,11 @@ local function rrget(key, d)
   return h[d]
 end
 local stats = {}
-local function stat(f) stats[f] = (stats[f] or 0) + 1 end
+local function stat(f)
+  -- A re-routed return is not a new lead: it does not count as received.
+  if f == 'received' and mode == 'return' then return end
+  stats[f] = (stats[f] or 0) + 1
+end
 local acks = {}
 local reply = {}
 
@@ -128,7 +132,7 @@ for _ = 1, nleads do
   if result == nil and outcome == 'dead' then
     redis.call('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(err) .. pk('payload') .. pk(payload) ..
       pk('at') .. pk(now_ms) .. pk('ref') .. pk(mode == 'list' and 'list' or ref))
-    stat('dead')
+    stat('received'); stat('dead')
     ack()
     result = 'dead'
   end
