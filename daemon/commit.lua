@@ -40,6 +40,14 @@ local ttl = {2 * 3600, 2 * 86400, 8 * 86400, 32 * 86400}
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function pk(x) return cmsgpack.pack(x) end
+-- cmsgpack packs Lua strings as str; dead letters keep the payload as bin.
+local function pkbin(b)
+  local n = #b
+  if n < 256 then return '\196' .. string.char(n) .. b end
+  if n < 65536 then return '\197' .. string.char(math.floor(n / 256), n % 256) .. b end
+  return '\198' .. string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
+    math.floor(n / 256) % 256, n % 256) .. b
+end
 
 -- Batch-wide caches and deltas: each key is read once and written once.
 local owned = nil
@@ -130,7 +138,7 @@ for _ = 1, nleads do
   end
 
   if result == nil and outcome == 'dead' then
-    redis.call('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(err) .. pk('payload') .. pk(payload) ..
+    redis.call('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(err) .. pk('payload') .. pkbin(payload) ..
       pk('at') .. pk(now_ms) .. pk('ref') .. pk(mode == 'list' and 'list' or ref))
     stat('received'); stat('dead')
     ack()

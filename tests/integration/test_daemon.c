@@ -1,0 +1,637 @@
+/* test_daemon.c - leadrouterd end to end, checked from the outside against
+ * the SPEC contract (sections 2-5 and 8): real redis-server, real daemon,
+ * leads in through <p>:in (or <p>:returns), results read back from the
+ * dealer queues, <p>:unassigned and <p>:dead. Every test ends with the
+ * oracle: each lead sent is in exactly one place. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+
+TestSuite(daemon, .init = h_setup, .fini = h_teardown, .timeout = 30);
+
+/* clang-format off */
+/* Time zone pinned so that hours and cap buckets are UTC. */
+#define DEFAULTS "defaults = { timezone = \"UTC\"; };\n"
+#define SOLAR "niches = ( { name = \"solar\"; sources = [ \"sunquote.example\" ]; keywords = [ \"solar\" ]; } );\n"
+/* A dealer buying solar leads in Iowa, with contract settings. */
+#define IA_DEALER(id, contract) \
+    "{ id = \"" id "\"; niches = [ \"solar\" ]; territory = { states = [ \"IA\" ]; }; contract = { " contract " }; }"
+
+/* The configs of the tests below (routing part; the harness adds redis,
+ * input, prefix and admin). */
+#define CONF_BASIC DEFAULTS SOLAR "dealers = ( " IA_DEALER("d-ia", "") " );\n"
+#define CONF_HOT CONF_BASIC "routing = { hot_grades = [ \"A\" ]; };\n"
+#define CONF_CAP1 DEFAULTS SOLAR "dealers = ( " IA_DEALER("d-cap", "caps = { day = 1; };") " );\n"
+#define CONF_FILTER DEFAULTS SOLAR \
+    "dealers = ( " IA_DEALER("d-owners", "filters = ( { field = \"fields.home_owner\"; eq = true; } );") " );\n"
+#define CONF_REJECT CONF_BASIC "dedup = { action = \"reject\"; keys = [ \"phone\" ]; };\n"
+#define CONF_LIMIT_1K CONF_BASIC "limits = { max_lead_bytes = 1024; };\n"
+#define CONF_SHARED3 DEFAULTS \
+    "niches = ( { name = \"solar\"; max_buyers = 3; strategy = \"weighted\"; } );\n" \
+    "dealers = ( " IA_DEALER("s1", "") ", " IA_DEALER("s2", "") ", " \
+                   IA_DEALER("s3", "") ", " IA_DEALER("s4", "") " );\n"
+/* r-big's weight makes the rotation pick it again at once unless a
+ * return excludes it. */
+#define CONF_RETURNS DEFAULTS \
+    "niches = ( { name = \"solar\"; strategy = \"weighted\"; } );\n" \
+    "dealers = ( " IA_DEALER("r-big", "weight = 100;") ", " \
+                   IA_DEALER("r-small1", "") ", " IA_DEALER("r-small2", "") " );\n" \
+    "routing = { max_attempts = 2; };\n"
+#define CONF_LIST DEFAULTS SOLAR "dealers = ( " IA_DEALER("l1", "") ", " IA_DEALER("l2", "") " );\n"
+#define CONF_CAPS_50_100 DEFAULTS SOLAR \
+    "dealers = ( " IA_DEALER("cap50", "caps = { day = 50; };") ", " \
+                   IA_DEALER("cap100", "caps = { day = 100; };") " );\n"
+#define CONF_WEIGHTED_3_1 DEFAULTS \
+    "niches = ( { name = \"solar\"; strategy = \"weighted\"; } );\n" \
+    "dealers = ( " IA_DEALER("w3", "weight = 3;") ", " IA_DEALER("w1", "weight = 1;") " );\n"
+#define CONF_BAD_NICHE SOLAR \
+    "dealers = ( { id = \"x\"; niches = [ \"nope\" ]; territory = { states = [ \"IA\" ]; }; } );\n"
+/* clang-format on */
+
+/* ---- helpers -------------------------------------------------------- */
+
+static struct h_lead ia_lead(const char *id, int score)
+{
+    return (struct h_lead){.id = id, .niche = "solar", .state = "IA", .score = score};
+}
+
+/* v (unix ms) lies in [from - slack, h_now_ms() + slack]. */
+static void in_window(int64_t v, int64_t from, const char *what)
+{
+    int64_t now = h_now_ms();
+    cr_assert(v >= from - 500 && v <= now + 500,
+              "%s = %lld is outside the test's window [%lld, %lld] (unix ms)", what, (long long)v,
+              (long long)from, (long long)now);
+}
+
+/* The one assignment of a lead (fails unless there is exactly one). */
+static struct h_assign one_assignment(const char *id)
+{
+    struct h_assign *a;
+    size_t n = h_find_assignments(id, &a);
+    cr_assert_eq(n, 1, "lead %s: %zu assignments, want 1", id, n);
+    return a[0];
+}
+
+static void expect_unassigned(const char *id, const char *reason, struct h_buf sent, const char *niche)
+{
+    const struct h_unassigned *u = h_find_unassigned(id);
+    cr_assert_not_null(u, "lead %s is not in %s:unassigned (want reason %s)", id, H_PREFIX, reason);
+    cr_assert_str_eq(u->reason, reason, "lead %s: unassigned reason", id);
+    cr_assert(h_buf_eq(u->lead, sent.p, sent.len),
+              "lead %s: the unassigned `lead` is not the payload as sent", id);
+    in_window(u->at, h_t0_ms(), "unassigned `at`");
+    if (niche)
+        cr_assert_str_eq(u->niche, niche, "lead %s: unassigned niche", id);
+    struct h_assign *a;
+    cr_assert_eq(h_find_assignments(id, &a), 0, "lead %s is unassigned but also in a dealer queue", id);
+}
+
+/* One lead, one expected unassigned reason. */
+static void unassigned_case(const char *routing, const struct h_lead *l, const char *reason,
+                            const char *niche)
+{
+    int d = h_daemon_start(h_config("stream", NULL, routing));
+    struct h_buf sent = h_send(l, NULL, 0);
+    h_wait_drained(10);
+    expect_unassigned(l->id, reason, sent, niche);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* A `hours` setting whose window (UTC, every day) is closed now: it opens
+ * two hours from now and closes an hour later. */
+static void closed_hours(char *buf, size_t len)
+{
+    time_t now = time(NULL);
+    int m = (int)((now % 86400) / 60);
+    int from = (m + 120) % 1440, to = (m + 180) % 1440;
+    snprintf(buf, len,
+             "hours = { timezone = \"UTC\"; days = [ \"mon\", \"tue\", \"wed\", \"thu\", \"fri\", \"sat\", "
+             "\"sun\" ]; "
+             "from = \"%02d:%02d\"; to = \"%02d:%02d\"; };",
+             from / 60, from % 60, to / 60, to % 60);
+}
+
+static long long queue_len(const char *dealer)
+{
+    return h_int("LLEN %s:dealer:%s", H_PREFIX, dealer);
+}
+
+/* The UTC day of Redis's clock, as cap keys name it (YYYYMMDD). */
+static void utc_day(char *buf, size_t len)
+{
+    time_t s = (time_t)(h_redis_time_ms() / 1000);
+    struct tm tm;
+    gmtime_r(&s, &tm);
+    strftime(buf, len, "%Y%m%d", &tm);
+}
+
+/* ---- assignment (SPEC section 3) ----------------------------------- */
+
+Test(daemon, assigned_with_all_fields)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_HOT));
+    /* An unknown key whose value uses non-minimal encodings (a uint32 7, a
+     * str8 of 3 bytes): a daemon that re-encodes the lead changes these. */
+    static const char extra[] = "\x82\xa3"
+                                "ref\xce\x00\x00\x00\x07\xa4"
+                                "note\xd9\x03"
+                                "abc";
+    int64_t t_send = h_now_ms();
+    struct h_lead l = {
+        .id = "L-full-1",
+        .niche = "solar",
+        .source = "sunquote.example",
+        .keywords = {"solar", "panels"},
+        .score = 65,
+        .signals = {{"web", 1.0}},
+        .country = "US",
+        .state = "IA",
+        .zip = "50309",
+        .has_geo = true,
+        .lat = 41.59,
+        .lon = -93.62,
+        .created_at = t_send - 60000,
+        .name = "Jane Roe",
+        .phone = "+1 (515) 555-0101",
+        .email = "jane.roe@example.com",
+        .fields = {{.key = "home_owner", .type = 'b', .b = true},
+                   {.key = "roof_age_years", .type = 'i', .i = 12}},
+        .extra_key = "x_vendor",
+        .extra_raw = extra,
+        .extra_raw_len = sizeof extra - 1,
+    };
+    struct h_buf sent = h_send(&l, NULL, 0);
+    h_wait_drained(10);
+
+    struct h_assign *q;
+    cr_assert_eq(h_read_dealer("d-ia", &q), 1, "d-ia's queue holds the one assignment");
+    struct h_assign a = q[0];
+    cr_assert_str_eq(a.lead_id, "L-full-1");
+    cr_assert_str_eq(a.dealer, "d-ia");
+    cr_assert_str_eq(a.niche, "solar");
+    cr_assert_eq(a.score, 65);
+    cr_assert_str_eq(a.grade, "B", "65 is grade B with the default grades (A 80, B 50, C 0)");
+    cr_assert_str_eq(a.rule, "tier:1", "one buyer, weighted, not exclusive: rule tier:<tier>");
+    in_window(a.routed_at, t_send, "routed_at");
+    cr_assert_eq(a.attempt, 1);
+    cr_assert(h_buf_eq(a.lead, sent.p, sent.len),
+              "the assignment's `lead` is the original map byte for byte (%zu bytes sent, %zu back)",
+              sent.len, a.lead.len);
+    cr_assert_eq(h_int("EXISTS %s:lead:L-full-1", H_PREFIX), 1, "the assignment record %s:lead:<id> exists",
+                 H_PREFIX);
+    cr_assert_eq(h_int("LLEN %s:unassigned", H_PREFIX) + h_int("LLEN %s:dead", H_PREFIX), 0);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- unassigned reasons (SPEC section 4) --------------------------- */
+
+Test(daemon, unassigned_unknown_niche)
+{
+    struct h_lead l = {
+        .id = "U-niche-1", .niche = "plumbing", .keywords = {"pipes"}, .state = "IA", .score = 60};
+    unassigned_case(CONF_BASIC, &l, "unknown_niche", NULL);
+}
+
+Test(daemon, unassigned_no_dealer_in_territory)
+{
+    struct h_lead l = {.id = "U-terr-1", .niche = "solar", .state = "TX", .zip = "73301", .score = 60};
+    unassigned_case(CONF_BASIC, &l, "no_dealer_in_territory", "solar");
+}
+
+Test(daemon, unassigned_all_capped)
+{
+    h_avoid_utc_midnight(15);
+    int d = h_daemon_start(h_config("stream", NULL, CONF_CAP1));
+    struct h_lead l1 = ia_lead("U-cap-1", 60), l2 = ia_lead("U-cap-2", 60);
+    h_send(&l1, NULL, 0);
+    struct h_buf second = h_send(&l2, NULL, 0);
+    h_wait_drained(10);
+    struct h_assign a = one_assignment("U-cap-1");
+    cr_assert_str_eq(a.dealer, "d-cap");
+    expect_unassigned("U-cap-2", "all_capped", second, "solar");
+    char day[16], key[128];
+    utc_day(day, sizeof day);
+    snprintf(key, sizeof key, "%s:cap:d-cap:day:%s", H_PREFIX, day);
+    redisReply *r = h_cmd("GET %s", key);
+    cr_assert(r->type == REDIS_REPLY_STRING && strcmp(r->str, "1") == 0, "cap counter %s = 1", key);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+Test(daemon, unassigned_all_closed)
+{
+    char hours[256], routing[1024];
+    closed_hours(hours, sizeof hours);
+    snprintf(routing, sizeof routing, DEFAULTS SOLAR "dealers = ( " IA_DEALER("d-closed", "%s") " );\n",
+             hours);
+    struct h_lead l = ia_lead("U-closed-1", 60);
+    unassigned_case(routing, &l, "all_closed", "solar");
+}
+
+Test(daemon, unassigned_filtered)
+{
+    struct h_lead l = ia_lead("U-filter-1", 60);
+    l.fields[0] = (struct h_field){.key = "home_owner", .type = 'b', .b = false};
+    unassigned_case(CONF_FILTER, &l, "filtered", "solar");
+}
+
+Test(daemon, unassigned_exclusive_owner_unavailable)
+{
+    char hours[256], routing[1536];
+    closed_hours(hours, sizeof hours);
+    /* The owner is closed and holds its leads; the shared dealer is open and
+     * covers the lead too, but must not get it. */
+    snprintf(routing, sizeof routing,
+             DEFAULTS SOLAR "dealers = ( " IA_DEALER(
+                 "owner", "exclusive = true; overflow = \"hold\"; %s") ", " IA_DEALER("shared", "") " );\n",
+             hours);
+    struct h_lead l = ia_lead("U-hold-1", 60);
+    unassigned_case(routing, &l, "exclusive_owner_unavailable", "solar");
+    cr_assert_eq(queue_len("shared"), 0, "overflow = hold: the shared dealer gets nothing");
+}
+
+Test(daemon, unassigned_suppressed)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BASIC));
+    /* The digest of the normalized phone: SHA-1 of its digits. */
+    char digest[41];
+    h_sha1hex("15155550100", digest);
+    h_int("SADD %s:dnc %s", H_PREFIX, digest);
+    struct h_lead dnc = ia_lead("U-dnc-1", 60), ok = ia_lead("U-dnc-ok", 60);
+    dnc.phone = "+1 (515) 555-0100";
+    ok.phone = "+1 (515) 555-0199";
+    struct h_buf sent = h_send(&dnc, NULL, 0);
+    h_send(&ok, NULL, 0);
+    h_wait_drained(10);
+    expect_unassigned("U-dnc-1", "suppressed", sent, NULL);
+    cr_assert_str_eq(one_assignment("U-dnc-ok").dealer, "d-ia", "a phone not on the list is routed");
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+Test(daemon, unassigned_duplicate)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_REJECT));
+    struct h_lead l1 = ia_lead("U-dup-1", 60), l2 = ia_lead("U-dup-2", 60);
+    /* The same person: the same digits, written differently. */
+    l1.phone = "+1 (515) 555-0102";
+    l2.phone = "1-515-555-0102";
+    h_send(&l1, NULL, 0);
+    struct h_buf second = h_send(&l2, NULL, 0);
+    h_wait_drained(10);
+    cr_assert_str_eq(one_assignment("U-dup-1").dealer, "d-ia");
+    expect_unassigned("U-dup-2", "duplicate", second, NULL);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+Test(daemon, unassigned_duplicate_id)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BASIC));
+    struct h_lead l = ia_lead("U-dupid-1", 60);
+    struct h_buf first = h_send(&l, NULL, 0);
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    struct h_assign a = one_assignment("U-dupid-1");
+    cr_assert(h_buf_eq(a.lead, first.p, first.len));
+    const struct h_unassigned *u = h_find_unassigned("U-dupid-1");
+    cr_assert_not_null(u, "the second lead with the same id is in %s:unassigned", H_PREFIX);
+    cr_assert_str_eq(u->reason, "duplicate_id");
+    cr_assert(h_buf_eq(u->lead, first.p, first.len));
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- dead letters (SPEC sections 2 and 4) -------------------------- */
+
+Test(daemon, dead_letters_for_malformed_input)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_LIMIT_1K));
+    struct bad_case {
+        const char *code; /* the codec's error code */
+        const char *id;   /* the id inside, when one can be read */
+        struct h_buf bytes;
+        char ref[64]; /* stream entry id */
+    } c[6];
+    int n = 0;
+
+    static const unsigned char array[] = {0x92, 0x01, 0x02};
+    c[n++] = (struct bad_case){"not_a_map", NULL, {(unsigned char *)array, sizeof array}, ""};
+
+    struct h_lead tl = ia_lead("D-trunc-1", 60);
+    struct h_buf whole = h_lead_pack(&tl);
+    c[n++] = (struct bad_case){"truncated", NULL, {whole.p, whole.len / 2}, ""};
+
+    struct h_lead tr = ia_lead("D-trail-1", 60);
+    struct h_buf t = h_lead_pack(&tr);
+    static unsigned char trail[256];
+    cr_assert_lt(t.len, sizeof trail);
+    memcpy(trail, t.p, t.len);
+    trail[t.len] = 0xc0;
+    c[n++] = (struct bad_case){"trailing_bytes", "D-trail-1", {trail, t.len + 1}, ""};
+
+    /* A valid lead but for its size: a 1500-byte unknown key (limit 1024). */
+    static char blob[3 + 1500];
+    blob[0] = (char)0xda;
+    blob[1] = 0x05;
+    blob[2] = (char)0xdc;
+    memset(blob + 3, 'x', 1500);
+    struct h_lead big = ia_lead("D-big-1", 60);
+    big.extra_key = "blob";
+    big.extra_raw = blob;
+    big.extra_raw_len = sizeof blob;
+    c[n++] = (struct bad_case){"too_large", "D-big-1", h_lead_pack(&big), ""};
+
+    struct h_lead noid = ia_lead(NULL, 60);
+    c[n++] = (struct bad_case){"missing_id", NULL, h_lead_pack(&noid), ""};
+
+    struct h_lead bad = ia_lead("D-type-1", 0);
+    bad.score_str = "high";
+    c[n++] = (struct bad_case){"bad_type", "D-type-1", h_lead_pack(&bad), ""};
+
+    for (int i = 0; i < n; i++)
+        h_send_raw(c[i].bytes.p, c[i].bytes.len, c[i].id, c[i].ref, sizeof c[i].ref);
+    /* The daemon goes on routing after bad input. */
+    struct h_lead good = ia_lead("D-good-1", 60);
+    h_send(&good, NULL, 0);
+    h_wait_drained(10);
+
+    struct h_dead *dead;
+    size_t nd = h_read_dead(&dead);
+    cr_assert_eq(nd, (size_t)n, "%s:dead holds %zu entries, want %d", H_PREFIX, nd, n);
+    for (int i = 0; i < n; i++) {
+        const struct h_dead *e = NULL;
+        for (size_t k = 0; k < nd && !e; k++)
+            if (h_buf_eq(dead[k].payload, c[i].bytes.p, c[i].bytes.len))
+                e = &dead[k];
+        cr_assert_not_null(e, "no dead entry carries the exact %s payload (%zu bytes)", c[i].code,
+                           c[i].bytes.len);
+        size_t cl = strlen(c[i].code);
+        cr_assert(strncmp(e->error, c[i].code, cl) == 0 && (e->error[cl] == 0 || e->error[cl] == ':'),
+                  "%s payload: error '%s' does not start with the code '%s'", c[i].code, e->error, c[i].code);
+        cr_assert_str_eq(e->ref, c[i].ref, "%s payload: ref is the stream entry id", c[i].code);
+        in_window(e->at, h_t0_ms(), "dead `at`");
+    }
+    cr_assert_str_eq(one_assignment("D-good-1").dealer, "d-ia");
+    /* Last, so that a wrong type does not hide the checks above. */
+    for (size_t k = 0; k < nd; k++)
+        cr_assert(dead[k].payload_is_bin, "%s:dead[%zu] (%s): `payload` must be msgpack bin (SPEC section 4)",
+                  H_PREFIX, k, dead[k].error);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- hot grades, shared leads (SPEC sections 3 and 5) -------------- */
+
+Test(daemon, hot_grade_goes_to_the_head_of_the_queue)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_HOT));
+    struct h_lead b1 = ia_lead("H-b-1", 60), b2 = ia_lead("H-b-2", 55), a1 = ia_lead("H-a-1", 90);
+    h_send(&b1, NULL, 0);
+    h_send(&b2, NULL, 0);
+    h_wait_drained(10);
+    h_send(&a1, NULL, 0);
+    h_wait_drained(10);
+    struct h_assign *q;
+    cr_assert_eq(h_read_dealer("d-ia", &q), 3);
+    cr_assert_str_eq(q[0].lead_id, "H-a-1", "the A lead is LPUSHed: taken first");
+    cr_assert_str_eq(q[0].grade, "A");
+    cr_assert_str_eq(q[1].lead_id, "H-b-1", "B leads are RPUSHed, in order");
+    cr_assert_str_eq(q[1].grade, "B");
+    cr_assert_str_eq(q[2].lead_id, "H-b-2");
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+Test(daemon, max_buyers_three_of_four_dealers)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_SHARED3));
+    h_set_max_buyers(3);
+    char ids[4][16];
+    for (int i = 0; i < 4; i++) {
+        snprintf(ids[i], sizeof ids[i], "S-%d", i);
+        struct h_lead l = ia_lead(ids[i], 60);
+        h_send(&l, NULL, 0);
+    }
+    h_wait_drained(10);
+    for (int i = 0; i < 4; i++) {
+        struct h_assign *a;
+        size_t n = h_find_assignments(ids[i], &a);
+        cr_assert_eq(n, 3, "lead %s went to %zu dealers, want 3", ids[i], n);
+        for (size_t k = 0; k < n; k++) {
+            cr_assert_str_eq(a[k].rule, "shared", "lead %s at %s", ids[i], a[k].dealer);
+            cr_assert_eq(a[k].attempt, 1);
+            for (size_t j = k + 1; j < n; j++)
+                cr_assert_str_neq(a[k].dealer, a[j].dealer, "lead %s went to %s twice", ids[i], a[k].dealer);
+        }
+    }
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- returns (SPEC sections 4 and 5) ------------------------------- */
+
+static size_t dead_count(void)
+{
+    return (size_t)h_int("LLEN %s:dead", H_PREFIX);
+}
+
+static void expect_last_dead(const char *prefix)
+{
+    struct h_dead *dead;
+    size_t n = h_read_dead(&dead);
+    cr_assert_gt(n, 0);
+    cr_assert(strncmp(dead[n - 1].error, prefix, strlen(prefix)) == 0,
+              "dead error '%s' does not start with '%s'", dead[n - 1].error, prefix);
+}
+
+Test(daemon, returns_reroute_then_max_attempts)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_RETURNS));
+    struct h_lead l = ia_lead("R-1", 60);
+    struct h_buf sent = h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    struct h_assign first = one_assignment("R-1");
+    cr_assert_str_eq(first.dealer, "r-big", "weight 100 of 102 wins the first pick");
+    cr_assert_eq(first.attempt, 1);
+
+    /* The dealer takes it (BLPOP) and returns it. */
+    h_consume("r-big", "R-1");
+    h_return("R-1", "r-big", "wrong number");
+    h_wait_drained(10);
+    struct h_assign *a = NULL;
+    H_WAIT(h_find_assignments("R-1", &a) == 1, 10, "the returned lead was not routed again");
+    struct h_assign second = a[0];
+    cr_assert_str_neq(second.dealer, "r-big", "a return never goes back to the dealer that returned it");
+    cr_assert_eq(second.attempt, 2);
+    cr_assert(h_buf_eq(second.lead, sent.p, sent.len), "the re-routed assignment carries the original lead");
+    in_window(second.routed_at, first.routed_at, "re-route routed_at");
+    const char *other = strcmp(second.dealer, "r-small1") == 0 ? "r-small2" : "r-small1";
+
+    /* Returns that name a dealer that never had the lead, or no known lead. */
+    h_return("R-1", other, "never had it");
+    h_wait_drained(10);
+    H_WAIT(dead_count() == 1, 10, "a return from a dealer that never had the lead is not in %s:dead",
+           H_PREFIX);
+    expect_last_dead("bad_return");
+    cr_assert_eq(h_find_assignments("R-1", &a), 1, "a bad return changes nothing");
+    h_return("no-such-lead", "r-big", "who?");
+    h_wait_drained(10);
+    H_WAIT(dead_count() == 2, 10, "a return of an unknown lead is not in %s:dead", H_PREFIX);
+    expect_last_dead("bad_return");
+    h_oracle_allow_extra_dead(2);
+
+    /* The second return would be attempt 3 > max_attempts = 2. */
+    h_consume(second.dealer, "R-1");
+    h_return("R-1", second.dealer, "not interested");
+    h_wait_drained(10);
+    H_WAIT(h_find_unassigned("R-1") != NULL, 10, "after max_attempts the lead is not in %s:unassigned",
+           H_PREFIX);
+    expect_unassigned("R-1", "max_attempts", sent, NULL);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- list mode (SPEC sections 2 and 5) ----------------------------- */
+
+Test(daemon, list_mode_routes_and_empties_processing)
+{
+    int d = h_daemon_start(h_config("list", NULL, CONF_LIST));
+    char id[32];
+    for (int i = 0; i < 20; i++) {
+        snprintf(id, sizeof id, "LM-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+        if (i == 10) {
+            static const unsigned char array[] = {0x91, 0x01};
+            h_send_raw(array, sizeof array, NULL, NULL, 0);
+        }
+    }
+    h_wait_drained(10);
+    H_WAIT(h_outcomes() == 21, 10, "21 leads in, %zu outcomes", h_outcomes());
+    cr_assert_eq(queue_len("l1") + queue_len("l2"), 20);
+    struct h_dead *dead;
+    cr_assert_eq(h_read_dead(&dead), 1);
+    cr_assert_str_eq(dead[0].ref, "list", "a list-mode dead letter has ref \"list\"");
+    cr_assert(strncmp(dead[0].error, "not_a_map", 9) == 0, "error '%s'", dead[0].error);
+    h_daemon_stop(d);
+    h_oracle(); /* also: <p>:in and every <p>:in:processing:* list empty */
+}
+
+/* ---- several daemons, restarts (SPEC sections 4 and 5) ------------- */
+
+Test(daemon, two_daemons_never_exceed_a_cap)
+{
+    h_avoid_utc_midnight(25);
+    /* Small batches, so that both daemons take part. */
+    int d1 = h_daemon_start(h_config("stream", "batch = 5;", CONF_CAPS_50_100));
+    int d2 = h_daemon_start(h_config("stream", "batch = 5;", CONF_CAPS_50_100));
+    char id[32];
+    for (int i = 0; i < 200; i++) {
+        snprintf(id, sizeof id, "C-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+    }
+    h_wait_drained(20);
+    cr_assert_eq(queue_len("cap50"), 50, "cap50 (day cap 50) got %lld", queue_len("cap50"));
+    cr_assert_eq(queue_len("cap100"), 100, "cap100 (day cap 100) got %lld", queue_len("cap100"));
+    struct h_unassigned *u;
+    size_t nu = h_read_unassigned(&u);
+    cr_assert_eq(nu, 50);
+    for (size_t i = 0; i < nu; i++)
+        cr_assert_str_eq(u[i].reason, "all_capped", "lead %s", u[i].lead_id);
+    char day[16];
+    utc_day(day, sizeof day);
+    redisReply *r = h_cmd("GET %s:cap:cap50:day:%s", H_PREFIX, day);
+    cr_assert(r->type == REDIS_REPLY_STRING && strcmp(r->str, "50") == 0, "cap counter of cap50 = 50");
+    h_daemon_stop(d1);
+    h_daemon_stop(d2);
+    h_oracle();
+}
+
+static void send_range(int from, int to)
+{
+    char id[32];
+    for (int i = from; i < to; i++) {
+        snprintf(id, sizeof id, "W-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+    }
+}
+
+Test(daemon, weighted_split_survives_a_restart)
+{
+    /* Smooth WRR over 3:1 cycles w3 w3 w1 w3. 102 leads end mid-cycle
+     * (w3 -2, w1 +2): a daemon that forgot that state would give
+     * 77:25 + 74:24 = 151:49 instead of 150:50. (After 100 or 101 leads
+     * both would give 150:50: the cut must be at 102.) */
+    const char *conf = h_config("stream", NULL, CONF_WEIGHTED_3_1);
+    int d = h_daemon_start(conf);
+    send_range(0, 102);
+    h_wait_drained(15);
+    h_daemon_stop(d);
+    cr_assert_eq(queue_len("w3"), 77, "first 102: w3 got %lld, want 77", queue_len("w3"));
+    cr_assert_eq(queue_len("w1"), 25, "first 102: w1 got %lld, want 25", queue_len("w1"));
+    d = h_daemon_start(conf);
+    send_range(102, 200);
+    h_wait_drained(15);
+    cr_assert_eq(queue_len("w3"), 150, "w3 got %lld, want 150", queue_len("w3"));
+    cr_assert_eq(queue_len("w1"), 50, "w1 got %lld, want 50", queue_len("w1"));
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+Test(daemon, sigterm_mid_stream_finishes_in_flight_leads)
+{
+    /* The producer keeps adding leads; the daemon gets SIGTERM once about
+     * 100 are committed, wherever it is in a batch and in the rotation. */
+    const char *conf = h_config("stream", "batch = 10; claim_idle_ms = 1000;", CONF_WEIGHTED_3_1);
+    int d = h_daemon_start(conf);
+    size_t at_stop = 0;
+    for (int i = 0; i < 200; i += 10) {
+        send_range(i, i + 10);
+        if (!at_stop && h_outcomes() >= 100) {
+            h_daemon_stop(d); /* exit 0 is asserted */
+            at_stop = h_outcomes();
+        }
+        h_sleep_ms(5);
+    }
+    if (!at_stop) {
+        H_WAIT(h_outcomes() >= 100, 15, "fewer than 100 leads committed (%zu)", h_outcomes());
+        h_daemon_stop(d);
+        at_stop = h_outcomes();
+    }
+    fprintf(stderr, "[test] %zu of 200 committed when the daemon stopped\n", at_stop);
+    redisReply *r = h_cmd("XPENDING %s:in %s", H_PREFIX, H_GROUP);
+    cr_assert_eq(r->element[0]->integer, 0, "after SIGTERM no lead is left in flight (%lld pending)",
+                 r->element[0]->integer);
+    cr_assert_eq(h_outcomes(), at_stop, "nothing is committed after the daemon exited");
+    d = h_daemon_start(conf);
+    h_wait_drained(15);
+    cr_assert_eq(queue_len("w3"), 150, "w3 got %lld, want 150", queue_len("w3"));
+    cr_assert_eq(queue_len("w1"), 50, "w1 got %lld, want 50", queue_len("w1"));
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* ---- exit codes (SPEC section 1) ----------------------------------- */
+
+Test(daemon, bad_config_exits_1)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BAD_NICHE));
+    cr_assert_eq(h_daemon_wait_exit(d, 10), 1, "a dealer naming an unknown niche: exit 1");
+}
+
+Test(daemon, unreachable_redis_exits_2)
+{
+    /* startup_timeout is 5 s in every harness config. */
+    int port = h_free_port();
+    int d = h_daemon_start(h_config_port(port, "stream", NULL, CONF_BASIC));
+    cr_assert_eq(h_daemon_wait_exit(d, 20), 2, "Redis unreachable at start-up: exit 2");
+}
