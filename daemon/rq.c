@@ -57,6 +57,12 @@ struct rq {
     const struct rules_table *scratch_for;
     struct codec_lead *codec;
     struct batch input;    /* the input batch: one in flight at a time */
+    struct batch recov;    /* the recovery batch (may be in flight beside input) */
+    struct event *recover_ev;
+    bool recovering;       /* an XPENDING/XCLAIM round is under way */
+    int n_claim;           /* the last round's ids and their delivery counts */
+    char (*claim_ids)[64];
+    long long *claim_deliveries;
     struct rq_stats st;
     void (*on_ready)(void *);
     void (*on_exit)(void *, int);
@@ -228,6 +234,45 @@ static int add_entry(struct rq *q, struct batch *b, enum commit_mode mode, const
     return commit_add_route(&b->args, c, mode, &src, l, &d, now);
 }
 
+/* Adds stream entries ([id, [field, value...]] each) to the batch. An
+ * entry delivered max_deliveries times without a commit is poison: it is
+ * dead-lettered instead of routed again. */
+static int add_entries(struct rq *q, struct batch *b, const redisReply *entries, int64_t now)
+{
+    int rc = 0;
+    for (size_t i = 0; i < entries->elements && rc == 0; i++) {
+        const redisReply *e = entries->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 2 || e->element[0]->type != REDIS_REPLY_STRING)
+            continue;
+        const redisReply *f = e->element[1];
+        const char *p = "", *id = e->element[0]->str;
+        size_t len = 0;
+        /* No `lead` field: an empty payload, which dead-letters. */
+        for (size_t k = 0; f && f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "lead") == 0) {
+                p = f->element[k + 1]->str;
+                len = f->element[k + 1]->len;
+            }
+        if (commit_count(&b->args) == 0)
+            snprintf(b->ref, sizeof b->ref, "%s", id);
+        long long deliveries = 0;
+        for (int k = 0; k < q->n_claim; k++)
+            if (strcmp(q->claim_ids[k], id) == 0)
+                deliveries = q->claim_deliveries[k] + 1; /* this claim delivers it once more */
+        if (deliveries >= q->cfg->input.max_deliveries) {
+            struct commit_src src = {.ref = id, .payload = p, .payload_len = len, .attempt = 1};
+            char why[96];
+            snprintf(why, sizeof why, "max_deliveries: delivered %lld times without a commit", deliveries);
+            log_error("entry %s: poison lead, %s", id, why);
+            q->st.received++;
+            rc = commit_add_dead(&b->args, &src, why);
+        } else {
+            rc = add_entry(q, b, COMMIT_STREAM, id, p, len, now);
+        }
+    }
+    return rc;
+}
+
 /* ------------------------------------------------------------- input --- */
 
 static void on_read(redisAsyncContext *ac, void *reply, void *priv);
@@ -235,7 +280,7 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv);
 
 static void read_next(struct rq *q)
 {
-    if (q->stopping || q->reading || !q->ready || q->inflight > 0)
+    if (q->stopping || q->reading || !q->ready || q->inflight > 0 || q->recovering)
         return;
     const struct cfg *c = q->cfg;
     int rc;
@@ -280,21 +325,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
             rc = add_entry(q, b, mode, "list", r->str, r->len, now);
         }
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && rc == 0) {
-        redisReply *entries = r->element[0]->element[1];
-        for (size_t i = 0; i < entries->elements && rc == 0; i++) {
-            redisReply *e = entries->element[i], *f = e->element[1];
-            const char *p = "";
-            size_t len = 0;
-            /* No `lead` field: an empty payload, which dead-letters. */
-            for (size_t k = 0; f && f->type == REDIS_REPLY_ARRAY && k + 1 < f->elements; k += 2)
-                if (strcmp(f->element[k]->str, "lead") == 0) {
-                    p = f->element[k + 1]->str;
-                    len = f->element[k + 1]->len;
-                }
-            if (i == 0)
-                snprintf(b->ref, sizeof b->ref, "%s", e->element[0]->str);
-            rc = add_entry(q, b, mode, e->element[0]->str, p, len, now);
-        }
+        rc = add_entries(q, b, r->element[0]->element[1], now);
     }
     if (rc != 0) {
         q->st.errors++;
@@ -488,6 +519,116 @@ static void on_returns_timer(evutil_socket_t fd, short what, void *arg)
         evtimer_add(q->returns_ev, &tv);
 }
 
+/* ----------------------------------------------------------- recovery --- */
+
+/* Every few seconds: leads pending longer than input.claim_idle_ms on any
+ * consumer (a daemon that died, or one of ours whose commit failed) are
+ * claimed (XCLAIM re-checks the idle time atomically, so two daemons never
+ * both get one) and routed as a batch of their own. */
+static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    q->recovering = false;
+    q->inflight--;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 && !q->stopping) {
+        if ((int)r->elements < q->n_claim)
+            log_warn("recovery: %d of %d pending leads were claimed by another consumer first or their entries "
+                     "were deleted from the stream",
+                     q->n_claim - (int)r->elements, q->n_claim);
+        struct batch *b = &q->recov;
+        int64_t now = redis_now_ms(q);
+        int rc = ensure_scratch(q) ? commit_begin(&b->args, q->cfg, COMMIT_STREAM, q->consumer, NULL, now) : -1;
+        if (rc == 0)
+            rc = add_entries(q, b, r, now);
+        if (rc != 0) {
+            q->st.errors++;
+            log_error("recovery: out of memory building a commit");
+        } else if (commit_count(&b->args) > 0) {
+            log_info("recovery: routing %d leads taken over from other consumers", commit_count(&b->args));
+            q->st.recovered += (uint64_t)commit_count(&b->args);
+            send_batch(q, b);
+        }
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        log_error("recovery: XCLAIM: %s", r->str);
+    }
+    q->n_claim = 0;
+    if (q->stopping)
+        maybe_finish(q);
+    else if (q->inflight == 0)
+        read_next(q);
+}
+
+static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = ac->data;
+    redisReply *r = reply;
+    q->inflight--;
+    q->n_claim = 0;
+    if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0 || q->stopping || !q->wr_up) {
+        if (r && r->type == REDIS_REPLY_ERROR)
+            log_error("recovery: XPENDING: %s", r->str);
+        q->recovering = false;
+        if (q->stopping)
+            maybe_finish(q);
+        else if (q->inflight == 0)
+            read_next(q);
+        return;
+    }
+    const char *argv[6 + 1024];
+    size_t len[6 + 1024];
+    char idle[32];
+    snprintf(idle, sizeof idle, "%d", q->cfg->input.claim_idle_ms);
+    char in[160];
+    snprintf(in, sizeof in, "%s:in", q->cfg->prefix);
+    int argc = 0;
+    argv[argc++] = "XCLAIM";
+    argv[argc++] = in;
+    argv[argc++] = q->cfg->input.group;
+    argv[argc++] = q->consumer;
+    argv[argc++] = idle;
+    for (size_t i = 0; i < r->elements && q->n_claim < 1024; i++) {
+        const redisReply *e = r->element[i];
+        if (e->type != REDIS_REPLY_ARRAY || e->elements < 4)
+            continue;
+        snprintf(q->claim_ids[q->n_claim], 64, "%s", e->element[0]->str);
+        q->claim_deliveries[q->n_claim] = e->element[3]->integer;
+        argv[argc++] = q->claim_ids[q->n_claim++];
+    }
+    for (int i = 0; i < argc; i++)
+        len[i] = strlen(argv[i]);
+    q->inflight++;
+    if (redisAsyncCommandArgv(q->wr, on_claim, NULL, argc, argv, len) != REDIS_OK) {
+        q->inflight--;
+        q->recovering = false;
+    }
+}
+
+static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rq *q = arg;
+    if (q->ready && q->wr_up && !q->stopping && !q->recovering && !q->recov.busy &&
+        q->cfg->input.mode == INPUT_STREAM) {
+        int n = q->cfg->input.batch < 1024 ? q->cfg->input.batch : 1024;
+        q->recovering = true;
+        q->inflight++;
+        if (redisAsyncCommand(q->wr, on_pending, NULL, "XPENDING %s:in %s IDLE %d - + %d", q->cfg->prefix,
+                              q->cfg->input.group, q->cfg->input.claim_idle_ms, n) != REDIS_OK) {
+            q->inflight--;
+            q->recovering = false;
+        }
+    }
+    int ms = q->cfg->input.claim_idle_ms / 2;
+    ms = ms < 200 ? 200 : ms > 5000 ? 5000 : ms;
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    if (!q->stopping)
+        evtimer_add(q->recover_ev, &tv);
+}
+
 /* ------------------------------------------------------- connections --- */
 
 static void become_ready(struct rq *q)
@@ -501,12 +642,15 @@ static void become_ready(struct rq *q)
     /* Commits whose replies were lost with the old connection go again. */
     if (q->input.busy && q->input.resend)
         send_commit(q, &q->input, false);
+    if (q->recov.busy && q->recov.resend)
+        send_commit(q, &q->recov, false);
     if (!q->was_ready) {
         q->was_ready = true;
         if (q->on_ready)
             q->on_ready(q->ctx);
         struct timeval tv = {0, RETURNS_POLL_MS * 1000};
         evtimer_add(q->returns_ev, &tv);
+        on_recover_timer(-1, 0, q);
     }
     read_next(q);
 }
@@ -686,10 +830,14 @@ struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, siz
     q->base = base;
     q->cfg = cfg;
     q->input.q = q;
+    q->recov.q = q;
     q->codec = codec_lead_new();
     q->retry_ev = evtimer_new(base, on_retry, q);
     q->returns_ev = evtimer_new(base, on_returns_timer, q);
-    if (!q->codec || !q->retry_ev || !q->returns_ev) {
+    q->recover_ev = evtimer_new(base, on_recover_timer, q);
+    q->claim_ids = calloc(1024, sizeof *q->claim_ids);
+    q->claim_deliveries = calloc(1024, sizeof *q->claim_deliveries);
+    if (!q->codec || !q->retry_ev || !q->returns_ev || !q->recover_ev || !q->claim_ids || !q->claim_deliveries) {
         rq_free(q);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -735,6 +883,7 @@ void rq_stop(struct rq *q)
     q->stopping = true;
     evtimer_del(q->returns_ev);
     evtimer_del(q->retry_ev);
+    evtimer_del(q->recover_ev);
     maybe_finish(q);
 }
 
@@ -764,11 +913,16 @@ void rq_free(struct rq *q)
     if (q->wr)
         redisAsyncFree(q->wr);
     commit_args_free(&q->input.args);
+    commit_args_free(&q->recov.args);
     codec_lead_free(q->codec);
     rules_scratch_free(q->scratch);
     if (q->retry_ev)
         event_free(q->retry_ev);
     if (q->returns_ev)
         event_free(q->returns_ev);
+    if (q->recover_ev)
+        event_free(q->recover_ev);
+    free(q->claim_ids);
+    free(q->claim_deliveries);
     free(q);
 }

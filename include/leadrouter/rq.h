@@ -15,7 +15,7 @@ struct rq;
 
 /* Process-lifetime counters (SPEC section 6: this process's, since start). */
 struct rq_stats {
-    uint64_t received, assigned, unassigned, dead, returns, stale, errors;
+    uint64_t received, assigned, unassigned, dead, returns, stale, errors, recovered;
     bool redis_up;
 };
 

@@ -571,6 +571,17 @@ void h_daemon_stop(int idx)
     check_log(idx);
 }
 
+void h_daemon_kill9(int idx)
+{
+    cr_assert(idx >= 0 && idx < H.n_daemons);
+    struct h_daemon *d = &H.daemons[idx];
+    if (d->done)
+        return;
+    kill(d->pid, SIGKILL);
+    wait_exit(d->pid, 5000, &d->status);
+    d->done = true;
+}
+
 int h_daemon_wait_exit(int idx, double secs)
 {
     cr_assert(idx >= 0 && idx < H.n_daemons);

@@ -68,6 +68,8 @@ void h_daemon_stop(int idx);
  * status (fails the test if it is still running, killing it, or if it
  * died of a signal). */
 int h_daemon_wait_exit(int idx, double secs);
+/* kill -9: the daemon dies at once, wherever it is (no exit status check). */
+void h_daemon_kill9(int idx);
 /* Fails the test (with the log's tail) if a started daemon has exited. */
 void h_daemons_check_alive(void);
 /* The last bytes of a daemon's log, for messages (owned by the harness). */

@@ -622,6 +622,67 @@ Test(daemon, sigterm_mid_stream_finishes_in_flight_leads)
 
 /* ---- exit codes (SPEC section 1) ----------------------------------- */
 
+/* kill -9 while leads flow: whatever the dead daemon had read but not
+ * committed stays pending under its consumer name; another daemon claims
+ * it after claim_idle_ms and routes it. Nothing lost, nothing twice. */
+Test(daemon, kill9_pending_leads_are_recovered_by_another_daemon)
+{
+    const char *conf = h_config("stream", "batch = 20; claim_idle_ms = 300;", CONF_WEIGHTED_3_1);
+    int d1 = h_daemon_start(conf);
+    size_t killed_at = 0;
+    for (int i = 0; i < 600; i += 20) {
+        send_range(i, i + 20);
+        if (!killed_at && h_outcomes() >= 100) {
+            h_daemon_kill9(d1);
+            killed_at = (size_t)i + 20;
+        }
+    }
+    if (!killed_at)
+        h_daemon_kill9(d1);
+    int d2 = h_daemon_start(conf);
+    h_wait_drained(20);
+    h_daemon_stop(d2);
+    cr_assert_eq(queue_len("w3") + queue_len("w1"), 600, "w3 %lld + w1 %lld", queue_len("w3"), queue_len("w1"));
+    h_oracle();
+}
+
+/* Deterministic recovery: a consumer that read 30 leads and died (never
+ * acked) leaves them pending; the daemon claims them once they are idle
+ * longer than claim_idle_ms and routes them. Five of them were delivered
+ * max_deliveries times already (claimed over and over by crashing
+ * consumers): they are poison and go to <p>:dead as max_deliveries. */
+Test(daemon, pending_leads_of_a_dead_consumer_are_recovered_and_poison_dead_lettered)
+{
+    const char *conf = h_config("stream", "claim_idle_ms = 200; max_deliveries = 3;", CONF_WEIGHTED_3_1);
+    h_cmd("XGROUP CREATE %s:in %s 0 MKSTREAM", H_PREFIX, H_GROUP);
+    char ids[30][64];
+    for (int i = 0; i < 30; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "R-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, ids[i], sizeof ids[i]);
+    }
+    redisReply *r = h_cmd("XREADGROUP GROUP %s crashed-1 COUNT 30 STREAMS %s:in >", H_GROUP, H_PREFIX);
+    cr_assert(r->type == REDIS_REPLY_ARRAY, "the fake consumer read the leads");
+    /* Two more crashed deliveries of the first five: 3 in all. */
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 5; i++)
+            h_cmd("XCLAIM %s:in %s crashed-2 0 %s", H_PREFIX, H_GROUP, ids[i]);
+    cr_assert_eq(h_int("XLEN %s:in", H_PREFIX), 30);
+    int d = h_daemon_start(conf);
+    H_WAIT(h_int("XLEN %s:in", H_PREFIX) == 0, 15, "the pending leads were never recovered");
+    h_daemon_stop(d);
+    struct h_dead *dead;
+    size_t nd = h_read_dead(&dead);
+    cr_assert_eq(nd, 5, "poison leads dead-lettered: %zu, want 5", nd);
+    for (size_t i = 0; i < nd; i++)
+        cr_assert(strncmp(dead[i].error, "max_deliveries", 14) == 0, "error: %s", dead[i].error);
+    cr_assert_eq(queue_len("w3") + queue_len("w1"), 25);
+    cr_assert(strstr(h_daemon_log_tail(d), "recovery") != NULL, "the daemon says it recovered leads");
+    h_oracle_allow_extra_dead(0);
+    h_oracle();
+}
+
 Test(daemon, bad_config_exits_1)
 {
     int d = h_daemon_start(h_config("stream", NULL, CONF_BAD_NICHE));
