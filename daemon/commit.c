@@ -90,6 +90,8 @@ static void fixup(struct commit_args *a)
 
 void commit_args_free(struct commit_args *a)
 {
+    free(a->dpos);
+    free(a->dlist);
     free(a->argv);
     free(a->len);
     free(a->off);
@@ -136,15 +138,78 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
     rc |= pushf(a, "%" PRId64, c->dedup.window);
     rc |= pushs(a, "000000"); /* the count, set by commit_end */
     rc |= pushs(a, plist ? plist : "");
+    rc |= push(a, "", 0); /* the dealer table, set by commit_end */
+    for (uint32_t i = 0; i < a->nd; i++)
+        if (a->table == c->rules)
+            a->dpos[a->dlist[i]] = 0;
+    a->nd = 0;
+    if (a->table != c->rules) {
+        free(a->dpos);
+        free(a->dlist);
+        size_t n = c->rules->n_dealers ? c->rules->n_dealers : 1;
+        a->dpos = calloc(n, sizeof *a->dpos);
+        a->dlist = calloc(n, sizeof *a->dlist);
+        a->table = a->dpos && a->dlist ? c->rules : NULL;
+        if (!a->table)
+            return -1;
+    }
     return rc ? -1 : 0;
 }
 
-void commit_end(struct commit_args *a)
+/* msgpack-c writes straight into the argument being built. */
+static int args_write(void *data, const char *buf, size_t len)
+{
+    return append_last(data, buf, len);
+}
+
+static void packer_for(struct commit_args *a, msgpack_packer *pk)
+{
+    msgpack_packer_init(pk, a, args_write);
+}
+
+static void pack_str(msgpack_packer *pk, const char *s, size_t n)
+{
+    msgpack_pack_str_with_body(pk, s, n);
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+    pack_str(pk, s, strlen(s));
+}
+
+#define DEALERS_ARG (HEAD_ARGS + 12) /* ARGV[13] */
+
+int commit_end(struct commit_args *a, int64_t now_ms)
 {
     char n[8];
     snprintf(n, sizeof n, "%06d", a->leads % 1000000);
     memcpy(a->buf + a->off[COUNT_ARG], n, 6);
+    /* The dealer table goes at the end of the buffer; ARGV[13] points there. */
+    if (push(a, "", 0))
+        return -1;
+    msgpack_packer pk;
+    packer_for(a, &pk);
+    msgpack_pack_array(&pk, a->nd);
+    int64_t now_s = now_ms / 1000;
+    for (uint32_t i = 0; i < a->nd; i++) {
+        const struct rules_dealer *d = &a->table->dealers[a->dlist[i]];
+        msgpack_pack_array(&pk, 11);
+        pack_cstr(&pk, d->id);
+        msgpack_pack_int(&pk, d->weight);
+        for (int p = 0; p < PERIOD_N; p++)
+            msgpack_pack_uint32(&pk, d->caps[p]);
+        for (int p = 0; p < PERIOD_N; p++) {
+            char b[32];
+            rules_cap_bucket(a->table, a->dlist[i], (enum rules_period)p, now_s, b, sizeof b);
+            pack_cstr(&pk, b);
+        }
+        msgpack_pack_uint32(&pk, d->max_pending);
+    }
+    a->argc--; /* not an argument of its own: it is ARGV[13] */
+    a->off[DEALERS_ARG] = a->off[a->argc];
+    a->len[DEALERS_ARG] = a->len[a->argc];
     fixup(a);
+    return 0;
 }
 
 int commit_count(const struct commit_args *a)
@@ -152,32 +217,36 @@ int commit_count(const struct commit_args *a)
     return a->leads;
 }
 
-/* The first 9 fields of a lead's block. */
-static int lead_fields(struct commit_args *a, const struct commit_src *src, const char *id, size_t id_len,
-                       const char *source, size_t source_len, const char *niche, const char *outcome,
-                       const char *error)
+/* A lead's meta array: the first 7 of its 15 entries (see commit.lua). */
+static void pack_meta(msgpack_packer *pk, const struct commit_src *src, const char *id, size_t id_len,
+                      const char *source, size_t source_len, const char *niche, const char *outcome,
+                      const char *error)
 {
-    int rc = 0;
-    rc |= pushs(a, src->ref);
-    rc |= push(a, id, id_len);
-    rc |= push(a, src->payload, src->payload_len);
-    rc |= pushf(a, "%d", src->attempt);
-    rc |= push(a, source, source_len);
-    rc |= pushs(a, niche);
-    rc |= pushs(a, outcome);
-    rc |= pushs(a, error);
-    return rc;
+    msgpack_pack_array(pk, 15);
+    pack_cstr(pk, src->ref);
+    pack_str(pk, id, id_len);
+    msgpack_pack_int(pk, src->attempt);
+    pack_str(pk, source, source_len);
+    pack_cstr(pk, niche);
+    pack_cstr(pk, outcome);
+    pack_cstr(pk, error);
 }
 
 int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error)
 {
+    if (push(a, "", 0))
+        return -1;
+    msgpack_packer pk;
+    packer_for(a, &pk);
     /* Undecodable input has no trustworthy id: the record is not written. */
-    int rc = lead_fields(a, src, src->ref, strlen(src->ref), "", 0, "", "dead", error);
-    /* head flags k strategy phone email passed had ncand */
-    static const char *const rest[] = {"", "", "0", "", "", "", "", "", "0"};
-    for (size_t i = 0; i < sizeof rest / sizeof *rest; i++)
-        rc |= pushs(a, rest[i]);
-    if (rc)
+    pack_meta(&pk, src, src->ref, strlen(src->ref), "", 0, "", "dead", error);
+    pack_cstr(&pk, "");         /* flags */
+    msgpack_pack_int(&pk, 0);   /* k */
+    pack_cstr(&pk, "");         /* strategy */
+    for (int i = 0; i < 4; i++) /* phone email passed had */
+        pack_cstr(&pk, "");
+    msgpack_pack_array(&pk, 0); /* candidates */
+    if (push(a, src->payload, src->payload_len) || push(a, "", 0))
         return -1;
     a->leads++;
     return 0;
@@ -213,25 +282,23 @@ size_t commit_norm_email(struct lr_str in, char *out, size_t cap)
 static int assignment_head(struct commit_args *a, const struct rules_table *t, const struct lead *l,
                            const struct rules_decision *d, int attempt)
 {
-    msgpack_sbuffer sb;
+    if (push(a, "", 0))
+        return -1;
     msgpack_packer pk;
-    msgpack_sbuffer_init(&sb);
-    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    packer_for(a, &pk);
     const char *niche = t->niches[d->niche].name, *grade = t->grades[d->grade].name;
     msgpack_pack_map(&pk, 9);
-    msgpack_pack_str_with_body(&pk, "lead_id", 7);
-    msgpack_pack_str_with_body(&pk, l->id.p, l->id.len);
-    msgpack_pack_str_with_body(&pk, "niche", 5);
-    msgpack_pack_str_with_body(&pk, niche, strlen(niche));
-    msgpack_pack_str_with_body(&pk, "score", 5);
+    pack_cstr(&pk, "lead_id");
+    pack_str(&pk, l->id.p, l->id.len);
+    pack_cstr(&pk, "niche");
+    pack_cstr(&pk, niche);
+    pack_cstr(&pk, "score");
     msgpack_pack_int(&pk, d->score);
-    msgpack_pack_str_with_body(&pk, "grade", 5);
-    msgpack_pack_str_with_body(&pk, grade, strlen(grade));
-    msgpack_pack_str_with_body(&pk, "attempt", 7);
+    pack_cstr(&pk, "grade");
+    pack_cstr(&pk, grade);
+    pack_cstr(&pk, "attempt");
     msgpack_pack_int(&pk, attempt);
-    int rc = push(a, sb.data, sb.size);
-    msgpack_sbuffer_destroy(&sb);
-    return rc;
+    return 0;
 }
 
 static const char *strategy_str(enum rules_strategy s)
@@ -242,84 +309,91 @@ static const char *strategy_str(enum rules_strategy s)
 
 /* The compact "dealer=why" list of the dealers passed over before the
  * commit (filtered, closed, paused...), for the audit stream. */
-static int passed_over(struct commit_args *a, const struct rules_table *t, const struct rules_decision *d)
+static void pack_passed(msgpack_packer *pk, const struct rules_table *t, const struct rules_decision *d)
 {
-    if (push(a, "", 0))
-        return -1;
-    bool first = true;
+    char buf[4096];
+    size_t o = 0;
     for (uint32_t i = 0; i < d->n_verdicts; i++) {
         const struct rules_verdict *v = &d->verdicts[i];
         if (v->why == WHY_CANDIDATE)
             continue;
-        const char *id = t->dealers[v->dealer].id, *why = rules_why_str((enum rules_why)v->why);
-        if ((!first && append_last(a, ",", 1)) || append_last(a, id, strlen(id)) || append_last(a, "=", 1) ||
-            append_last(a, why, strlen(why)))
-            return -1;
-        first = false;
+        int n = snprintf(buf + o, sizeof buf - o, "%s%s=%s", o ? "," : "", t->dealers[v->dealer].id,
+                         rules_why_str((enum rules_why)v->why));
+        if (n < 0 || (size_t)n >= sizeof buf - o) {
+            buf[o] = 0; /* the audit keeps what fits */
+            break;
+        }
+        o += (size_t)n;
     }
-    return 0;
+    pack_str(pk, buf, o);
+}
+
+/* The position (from 1) of dealer di in the batch's dealer table. */
+static uint32_t dealer_slot(struct commit_args *a, uint32_t di)
+{
+    if (!a->dpos[di]) {
+        a->dlist[a->nd++] = di;
+        a->dpos[di] = a->nd;
+    }
+    return a->dpos[di];
 }
 
 int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
                      const struct lead *l, struct rules_decision *d, int64_t now_ms)
 {
+    (void)now_ms;
     const struct rules_table *t = c->rules;
+    if (a->table != t)
+        return -1;
     const char *outcome = d->reason == REASON_ASSIGNED ? "route" : rules_reason_str(d->reason);
     const char *niche = d->niche >= 0 ? t->niches[d->niche].name : "";
-    int rc = lead_fields(a, src, l->id.p, l->id.len, l->source.p, l->source.len, niche, outcome, "");
-    if (d->niche >= 0)
-        rc |= assignment_head(a, t, l, d, src->attempt);
-    else
-        rc |= push(a, "", 0);
+    if (push(a, "", 0))
+        return -1;
+    msgpack_packer pk;
+    packer_for(a, &pk);
+    pack_meta(&pk, src, l->id.p, l->id.len, l->source.p, l->source.len, niche, outcome, "");
     char flags[4] = "", *f = flags;
     if (d->hot)
         *f++ = 'h';
     if (d->hold)
         *f++ = 'H';
     *f = 0;
-    rc |= pushs(a, flags);
+    pack_cstr(&pk, flags);
     int k = d->niche >= 0 ? t->niches[d->niche].max_buyers : 1;
-    if (mode == COMMIT_RETURN)
-        k = 1; /* each return asks for one replacement */
-    rc |= pushf(a, "%d", k);
-    rc |= pushs(a, d->niche >= 0 ? strategy_str(t->niches[d->niche].strategy) : "weighted");
+    msgpack_pack_int(&pk, mode == COMMIT_RETURN ? 1 : k); /* a return asks for one replacement */
+    pack_cstr(&pk, d->niche >= 0 ? strategy_str(t->niches[d->niche].strategy) : "weighted");
     char phone[64], email[256];
-    commit_norm_phone(l->phone, phone, sizeof phone);
-    commit_norm_email(l->email, email, sizeof email);
-    rc |= pushs(a, phone);
-    rc |= pushs(a, email);
-    rc |= passed_over(a, t, d);
-    rc |= pushs(a, src->had ? src->had : "");
+    pack_str(&pk, phone, commit_norm_phone(l->phone, phone, sizeof phone));
+    pack_str(&pk, email, commit_norm_email(l->email, email, sizeof email));
+    pack_passed(&pk, t, d);
+    pack_cstr(&pk, src->had ? src->had : "");
     uint32_t n = d->reason == REASON_ASSIGNED ? d->stage_end[1] : 0;
-    rc |= pushf(a, "%u", n);
-    int64_t now_s = now_ms / 1000;
-    for (uint32_t i = 0; i < n && rc == 0; i++) {
+    msgpack_pack_array(&pk, n * 5);
+    bool nearest = d->niche >= 0 && t->niches[d->niche].strategy == STRAT_NEAREST;
+    for (uint32_t i = 0; i < n; i++) {
         const struct rules_verdict *v = &d->verdicts[d->cand[i]];
         const struct rules_dealer *dl = &t->dealers[v->dealer];
-        double key = 0;
-        if (t->niches[d->niche].strategy == STRAT_NEAREST)
+        msgpack_pack_uint32(&pk, dealer_slot(a, v->dealer));
+        msgpack_pack_int(&pk, v->stage);
+        msgpack_pack_int(&pk, dl->tier);
+        double key = 0.0;
+        if (nearest)
             key = dl->has_radius && l->has_geo ? rules_distance_km(l->lat, l->lon, dl->lat, dl->lon) : 1e18;
-        rc |= pushs(a, dl->id);
-        rc |= pushf(a, "%d", v->stage);
-        rc |= pushf(a, "%d", dl->tier);
-        rc |= pushf(a, "%d", dl->weight);
-        rc |= pushf(a, "%.17g", key);
-        for (int p = 0; p < PERIOD_N; p++)
-            rc |= pushf(a, "%u", dl->caps[p]);
-        for (int p = 0; p < PERIOD_N; p++) {
-            char b[32];
-            rules_cap_bucket(t, v->dealer, (enum rules_period)p, now_s, b, sizeof b);
-            rc |= pushs(a, b);
-        }
-        rc |= pushf(a, "%u", dl->max_pending);
+        msgpack_pack_double(&pk, key);
         char rule[32];
         d->picked_stage = v->stage; /* the rule names the stage it would be picked in */
         rules_rule_str(t, d, v->dealer, rule, sizeof rule);
-        rc |= pushs(a, rule);
+        pack_cstr(&pk, rule);
     }
     d->picked_stage = -1;
-    if (rc)
+    if (push(a, src->payload, src->payload_len))
         return -1;
+    if (d->niche >= 0) {
+        if (assignment_head(a, t, l, d, src->attempt))
+            return -1;
+    } else if (push(a, "", 0)) {
+        return -1;
+    }
     a->leads++;
     return 0;
 }

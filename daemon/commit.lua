@@ -9,16 +9,21 @@
 --  5 record_ttl  6 audit_maxlen  7 max_attempts  8 stats hour (YYYYMMDDHH UTC)
 --  9 dedup: action then keys, comma-separated ("same_dealer,phone,email")
 -- 10 dedup window (s)  11 number of leads  12 list mode: the processing list
--- then per lead, 17 fields and 15 per candidate:
---   ref id payload attempt source niche outcome error head flags k strategy
---   phone email passed had ncand
+-- 13 the dealers this batch's candidates name, msgpack: an array of
+--    [id, weight, cap_h, cap_d, cap_w, cap_m, bucket_h, bucket_d, bucket_w,
+--     bucket_m, max_pending] (buckets in the dealer's local time)
+-- then 3 per lead: meta (msgpack), payload (raw msgpack), head (raw)
+--   meta = [ref, id, attempt, source, niche, outcome, error, flags, k,
+--           strategy, phone, email, passed, had, candidates]
 --   (ref: stream entry id; outcome: "route", an unassigned reason, or
 --    "dead" with error; head: msgpack map header + fixed assignment fields;
 --    flags: 'h' hot grade, 'H' exclusive owners hold; passed: the compact
 --    "dealer=why" list of dealers passed over before the commit; had:
---    dealers that had the lead already, comma list)
---   candidate: id stage tier weight key cap_h cap_d cap_w cap_m
---              bucket_h bucket_d bucket_w bucket_m max_pending rule
+--    dealers that had the lead already, comma list; candidates: a flat
+--    array, 5 per candidate: dealer (index into ARGV[13], from 1), stage,
+--    tier, key (nearest: distance), rule)
+-- Packing the variable parts with msgpack keeps the work of Redis low:
+-- cmsgpack.unpack builds the tables in C, with no number parsing in Lua.
 -- Reply: one string per lead: "assigned:<dealers>", "unassigned:<reason>",
 -- "dead", "stale" (no longer pending: committed already), "not_owner"
 -- (another consumer took it over).
@@ -89,14 +94,27 @@ end
 local acks = {}
 local reply = {}
 
-local i = 12
+-- Dealers, built into tables (with their cap keys) once per batch.
+local DT = cmsgpack.unpack(A[13])
+local dealer = {}
+local function dealer_at(x)
+  local d = dealer[x]
+  if d == nil then
+    local r = DT[x]
+    d = {id = r[1], weight = r[2], caps = {r[3], r[4], r[5], r[6]}, max_pending = r[11], keys = {}}
+    for j = 1, 4 do d.keys[j] = p .. ':cap:' .. r[1] .. ':' .. periods[j] .. ':' .. r[6 + j] end
+    dealer[x] = d
+  end
+  return d
+end
+
+local i = 13
 for _ = 1, nleads do
-  local ref, id, payload, attempt = A[i + 1], A[i + 2], A[i + 3], tonumber(A[i + 4])
-  local source, niche, outcome, err = A[i + 5], A[i + 6], A[i + 7], A[i + 8]
-  local head, flags, k, strategy = A[i + 9], A[i + 10], tonumber(A[i + 11]), A[i + 12]
-  local phone, email, passed, had, ncand = A[i + 13], A[i + 14], A[i + 15], A[i + 16], tonumber(A[i + 17])
-  local cbase = i + 17
-  i = cbase + 15 * ncand
+  local m = cmsgpack.unpack(A[i + 1])
+  local payload, head = A[i + 2], A[i + 3]
+  i = i + 3
+  local ref, id, attempt, source, niche, outcome, err = m[1], m[2], m[3], m[4], m[5], m[6], m[7]
+  local flags, k, strategy, phone, email, passed, had, cands = m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]
   local reckey = p .. ':lead:' .. id
   local result
 
@@ -174,16 +192,10 @@ for _ = 1, nleads do
     -- 4. Candidates; caps and queue depth are checked before the pick, so a
     -- full dealer neither wins nor gains rotation value.
     local C = {}
-    for c = 0, ncand - 1 do
-      local b = cbase + c * 15
-      local cd = {id = A[b + 1], stage = tonumber(A[b + 2]), tier = tonumber(A[b + 3]),
-        weight = tonumber(A[b + 4]), key = tonumber(A[b + 5]), caps = {}, keys = {},
-        max_pending = tonumber(A[b + 14]), rule = A[b + 15]}
-      for j = 1, 4 do
-        cd.caps[j] = tonumber(A[b + 5 + j])
-        cd.keys[j] = p .. ':cap:' .. cd.id .. ':' .. periods[j] .. ':' .. A[b + 9 + j]
-      end
-      C[#C + 1] = cd
+    for c = 1, #cands, 5 do
+      local d = dealer_at(cands[c])
+      C[#C + 1] = {id = d.id, weight = d.weight, caps = d.caps, keys = d.keys, max_pending = d.max_pending,
+        stage = cands[c + 1], tier = cands[c + 2], key = cands[c + 3], rule = cands[c + 4]}
     end
     if prior and action == 'same_dealer' and prior ~= '' then
       for _, cd in ipairs(C) do if cd.id == prior then C = {cd} break end end

@@ -139,7 +139,15 @@ static void send_commit(struct rq *q, struct batch *b, bool full_script)
 
 static void send_batch(struct rq *q, struct batch *b)
 {
-    commit_end(&b->args);
+    if (commit_end(&b->args, redis_now_ms(q)) != 0) {
+        q->st.errors++;
+        log_error("out of memory finishing a commit: its leads stay pending for recovery");
+        if (b->dynamic) {
+            commit_args_free(&b->args);
+            free(b);
+        }
+        return;
+    }
     b->busy = true;
     q->inflight++;
     send_commit(q, b, false);

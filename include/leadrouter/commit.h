@@ -23,6 +23,11 @@ struct commit_args {
     char *buf;
     size_t used, bufcap;
     int leads;
+    /* The dealers the batch's candidates name, in first-seen order. */
+    const struct rules_table *table; /* ref: what dpos is sized for */
+    uint32_t *dpos;  /* per dealer of table: position in dlist + 1, 0 = absent */
+    uint32_t *dlist;
+    uint32_t nd;
 };
 
 /* One lead of a batch: where it came from and which attempt this is. */
@@ -42,8 +47,9 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
 int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
                      const struct lead *l, struct rules_decision *d, int64_t now_ms) LR_WUR;
 int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error) LR_WUR;
-/* Sets the lead count; the argv is ready to send until the next begin. */
-void commit_end(struct commit_args *a);
+/* Writes the dealer table (buckets for now_ms) and the lead count; the
+ * argv is ready to send until the next begin. 0, or -1 out of memory. */
+int commit_end(struct commit_args *a, int64_t now_ms) LR_WUR;
 /* Leads in the batch. */
 int commit_count(const struct commit_args *a);
 void commit_args_free(struct commit_args *a);
