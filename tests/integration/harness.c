@@ -294,15 +294,16 @@ static redisContext *connect_own(int port, pid_t pid)
 
 /* One attempt at a server on port; false when it did not come up (port
  * taken meanwhile), with the process reaped. */
-static bool redis_try_start(int port)
+static bool redis_try_start_aof(int port, bool aof)
 {
     char portstr[16], logfile[PATH_MAX], outfile[PATH_MAX];
     snprintf(portstr, sizeof portstr, "%d", port);
     snprintf(logfile, sizeof logfile, "%s/redis.log", H.dir);
     snprintf(outfile, sizeof outfile, "%s/redis.out", H.dir);
-    char *argv[] = {
-        LR_REDIS_SERVER, "--port", portstr,     "--bind", "127.0.0.1",   "--save", "",  "--appendonly", "no",
-        "--dir",         H.dir,    "--logfile", logfile,  "--daemonize", "no",     NULL};
+    char *argv[] = {LR_REDIS_SERVER, "--port",    portstr, "--bind",      "127.0.0.1",
+                    "--save",        "",          "--appendonly", aof ? "yes" : "no", "--appendfsync",
+                    "always",        "--dir",     H.dir,   "--logfile",   logfile,
+                    "--daemonize",   "no",        NULL};
     pid_t pid = spawn(argv, outfile);
     int64_t end = h_now_ms() + H_REDIS_WAIT_MS;
     while (h_now_ms() < end) {
@@ -320,6 +321,43 @@ static bool redis_try_start(int port)
     }
     stop_pid(pid, 2000);
     return false;
+}
+
+static bool redis_try_start(int port)
+{
+    return redis_try_start_aof(port, false);
+}
+
+void h_redis_enable_aof(void)
+{
+    h_cmd("CONFIG SET appendfsync always");
+    h_cmd("CONFIG SET appendonly yes");
+    /* Switching AOF on rewrites it in the background: wait for that. */
+    int64_t end = h_now_ms() + 10000;
+    for (;;) {
+        redisReply *r = h_cmd("INFO persistence");
+        bool done = strstr(r->str, "aof_enabled:1") && strstr(r->str, "aof_rewrite_in_progress:0") &&
+                    strstr(r->str, "aof_rewrite_scheduled:0");
+        if (done)
+            return;
+        cr_assert(h_now_ms() < end, "AOF did not come up within 10 s");
+        h_sleep_ms(20);
+    }
+}
+
+void h_redis_kill9_restart(int down_ms)
+{
+    kill(H.redis_pid, SIGKILL);
+    int status;
+    waitpid(H.redis_pid, &status, 0);
+    redisFree(H.rc);
+    H.rc = NULL;
+    h_sleep_ms(down_ms);
+    int64_t end = h_now_ms() + 10000;
+    while (!redis_try_start_aof(H.port, true)) {
+        cr_assert(h_now_ms() < end, "redis-server did not come back on port %d (see %s/redis.log)", H.port, H.dir);
+        h_sleep_ms(50);
+    }
 }
 
 static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
@@ -569,6 +607,12 @@ void h_daemon_stop(int idx)
     cr_assert(d->status != -1 && WIFEXITED(d->status) && WEXITSTATUS(d->status) == 0,
               "daemon %d after SIGTERM: %s (want exit 0); log tail:\n%s", idx, why, h_daemon_log_tail(idx));
     check_log(idx);
+}
+
+void h_daemon_signal(int idx, int sig)
+{
+    cr_assert(idx >= 0 && idx < H.n_daemons && !H.daemons[idx].done);
+    kill(H.daemons[idx].pid, sig);
 }
 
 void h_daemon_kill9(int idx)

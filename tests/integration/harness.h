@@ -68,6 +68,12 @@ void h_daemon_stop(int idx);
  * status (fails the test if it is still running, killing it, or if it
  * died of a signal). */
 int h_daemon_wait_exit(int idx, double secs);
+/* Redis with AOF (appendfsync always) from now on; then kill -9 it, keep it
+ * down for down_ms, and start it again on the same port from its AOF. */
+void h_redis_enable_aof(void);
+void h_redis_kill9_restart(int down_ms);
+/* Sends sig (e.g. SIGHUP) to a running daemon. */
+void h_daemon_signal(int idx, int sig);
 /* kill -9: the daemon dies at once, wherever it is (no exit status check). */
 void h_daemon_kill9(int idx);
 /* Fails the test (with the log's tail) if a started daemon has exited. */

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include <signal.h>
+
 #include "harness.h"
 
 TestSuite(daemon, .init = h_setup, .fini = h_teardown, .timeout = 30);
@@ -680,6 +682,69 @@ Test(daemon, pending_leads_of_a_dead_consumer_are_recovered_and_poison_dead_lett
     cr_assert_eq(queue_len("w3") + queue_len("w1"), 25);
     cr_assert(strstr(h_daemon_log_tail(d), "recovery") != NULL, "the daemon says it recovered leads");
     h_oracle_allow_extra_dead(0);
+    h_oracle();
+}
+
+/* kill -9 redis-server (AOF, fsync always) while leads flow, keep it down
+ * a moment, start it again: the daemon reconnects by itself (backoff),
+ * reloads its script (NOSCRIPT), re-sends the commit whose reply was lost
+ * (safe: the fence answers stale), and routes the rest. Three times. */
+Test(daemon, redis_kill9_and_restart_mid_stream)
+{
+    h_redis_enable_aof();
+    const char *conf = h_config("stream", "batch = 10; claim_idle_ms = 500;", CONF_WEIGHTED_3_1);
+    int d = h_daemon_start(conf);
+    for (int round = 0; round < 3; round++) {
+        send_range(round * 100, round * 100 + 100);
+        h_sleep_ms(5 + round * 7); /* kill at different points of the flow */
+        h_redis_kill9_restart(300);
+    }
+    send_range(300, 400);
+    h_wait_drained(30);
+    h_daemon_stop(d);
+    cr_assert_eq(queue_len("w3") + queue_len("w1"), 400, "w3 %lld + w1 %lld", queue_len("w3"), queue_len("w1"));
+    h_oracle();
+}
+
+/* SIGHUP reloads the config: a broken file is reported with FILE:LINE and
+ * the running config goes on routing; a good one takes over for the next
+ * leads, and rotation state of dealers that still exist carries on. */
+Test(daemon, sighup_bad_file_keeps_the_old_config_good_file_takes_over)
+{
+    const char *conf = h_config("stream", NULL, CONF_WEIGHTED_3_1);
+    int d = h_daemon_start(conf);
+    send_range(0, 40);
+    h_wait_drained(10);
+    cr_assert_eq(queue_len("w3"), 30);
+    cr_assert_eq(queue_len("w1"), 10);
+
+    /* Broken: the old config must stay in force. */
+    FILE *f = fopen(conf, "a");
+    cr_assert_not_null(f);
+    fputs("this is not libconfig\n", f);
+    fclose(f);
+    h_daemon_signal(d, SIGHUP);
+    H_WAIT(strstr(h_daemon_log_tail(d), "reload failed") != NULL, 5, "no reload failure logged");
+    cr_assert(strstr(h_daemon_log_tail(d), conf) != NULL, "the failure names the file");
+    send_range(40, 80);
+    h_wait_drained(10);
+    cr_assert_eq(queue_len("w3"), 60, "the old config still routes: w3 %lld", queue_len("w3"));
+    cr_assert_eq(queue_len("w1"), 20);
+
+    /* Good: w1 leaves, w9 arrives; w3 keeps its rotation state. */
+    const char *next = h_config("stream", NULL,
+                                DEFAULTS "niches = ( { name = \"solar\"; strategy = \"weighted\"; } );\n"
+                                         "dealers = ( " IA_DEALER("w3", "weight = 1;") ", " IA_DEALER(
+                                             "w9", "weight = 1;") " );\n");
+    cr_assert_eq(rename(next, conf), 0);
+    h_daemon_signal(d, SIGHUP);
+    H_WAIT(strstr(h_daemon_log_tail(d), "reloaded") != NULL, 5, "no reload logged");
+    send_range(80, 120);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    cr_assert_eq(queue_len("w1"), 20, "w1 left the config: it gets nothing new");
+    cr_assert_eq(queue_len("w3") + queue_len("w9"), 100, "w3 %lld w9 %lld", queue_len("w3"), queue_len("w9"));
+    cr_assert(queue_len("w9") >= 19 && queue_len("w9") <= 21, "1:1 after the reload: w9 %lld", queue_len("w9"));
     h_oracle();
 }
 
