@@ -74,6 +74,8 @@ __attribute__((format(printf, 2, 3))) static int pushf(struct commit_args *a, co
 /* Appends to the argument being built last (for comma lists). */
 static int append_last(struct commit_args *a, const char *s, size_t n)
 {
+    if (n == 0) /* msgpack-c writes empty bodies from NULL: nothing to copy */
+        return 0;
     if (reserve(a, n))
         return -1;
     memcpy(a->buf + a->used, s, n);
