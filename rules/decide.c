@@ -15,7 +15,6 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     uint32_t n = t->n_dealers ? t->n_dealers : 1;
     s->n_dealers = t->n_dealers;
     s->rad_a = calloc(n, sizeof *s->rad_a);
-    s->rad_b = calloc(n, sizeof *s->rad_b);
     s->mrg_a = calloc(n, sizeof *s->mrg_a);
     s->mrg_b = calloc(n, sizeof *s->mrg_b);
     s->n_fkeys = t->n_fkeys;
@@ -32,7 +31,7 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->tmpv = calloc(n, sizeof *s->tmpv);
     s->n_tzs = t->n_tzs;
     s->tzc = calloc(t->n_tzs ? t->n_tzs : 1, sizeof *s->tzc);
-    if (!s->rad_a || !s->rad_b || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->pre || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
+    if (!s->rad_a || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->pre || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
         rules_scratch_free(s);
         return NULL;
     }
@@ -46,7 +45,6 @@ void rules_scratch_free(struct rules_scratch *s)
     if (!s)
         return;
     free(s->rad_a);
-    free(s->rad_b);
     free(s->mrg_a);
     free(s->mrg_b);
     free(s->fgen);
@@ -459,7 +457,7 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     /* Step 5: dealers whose territory covers the lead, from the index. */
     if (l->has_geo)
         rules_geo_point(l->lat, l->lon, d->geo);
-    struct terr_hits h = {.u = d->geo, .hot = t->hot, .rr_base = (uint32_t)d->niche * t->n_dealers, .rad_a = s->rad_a, .rad_b = s->rad_b,
+    struct terr_hits h = {.u = d->geo, .hot = t->hot, .rr_base = (uint32_t)d->niche * t->n_dealers, .rad_a = s->rad_a,
                           .mrg_a = s->mrg_a, .mrg_b = s->mrg_b,
                           .v = s->verdicts};
     if (pre && pre->stage == 1) {

@@ -31,7 +31,7 @@ struct rules_classify {
 struct terr_hits {
     const double *u; /* the lead's unit vector, when it has coordinates */
     const struct rules_hot *hot; /* prefetched for each new hit */
-    uint32_t *rad_a, *rad_b; /* working lists for radius matches */
+    uint32_t *rad_a;         /* working list for radius matches */
     uint64_t *mrg_a, *mrg_b; /* merge buffers: dealer << 8 | match */
     uint32_t rr_base;        /* niche * n_dealers */
     struct rules_verdict *v;
@@ -113,7 +113,7 @@ struct tz_cache {
 
 struct rules_scratch {
     uint32_t n_dealers;
-    uint32_t *rad_a, *rad_b;
+    uint32_t *rad_a;
     struct rules_verdict *verdicts;
     uint32_t *cand;
     double *key;      /* per-candidate sort key for pick */
