@@ -303,12 +303,6 @@ static int assignment_head(struct commit_args *a, const struct rules_table *t, c
     return 0;
 }
 
-static const char *strategy_str(enum rules_strategy s)
-{
-    static const char *const names[] = {"weighted", "round_robin", "nearest", "least_loaded"};
-    return names[s];
-}
-
 /* The compact "dealer=why" list of the dealers passed over before the
  * commit (filtered, closed, paused...), for the audit stream. */
 static void pack_passed(msgpack_packer *pk, const struct rules_table *t, const struct rules_decision *d)
@@ -363,7 +357,7 @@ int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mod
     pack_cstr(&pk, flags);
     int k = d->niche >= 0 ? t->niches[d->niche].max_buyers : 1;
     msgpack_pack_int(&pk, mode == COMMIT_RETURN ? 1 : k); /* a return asks for one replacement */
-    pack_cstr(&pk, d->niche >= 0 ? strategy_str(t->niches[d->niche].strategy) : "weighted");
+    pack_cstr(&pk, d->niche >= 0 ? rules_strategy_str(t->niches[d->niche].strategy) : "weighted");
     char phone[64], email[256];
     pack_str(&pk, phone, commit_norm_phone(l->phone, phone, sizeof phone));
     pack_str(&pk, email, commit_norm_email(l->email, email, sizeof email));

@@ -13,6 +13,7 @@
 #include "leadrouter/config.h"
 #include "leadrouter/log.h"
 #include "leadrouter/rq.h"
+#include "leadrouter/rules.h"
 
 #define DEFAULT_CONFIG "/etc/leadrouter/leadrouter.conf"
 
@@ -32,19 +33,13 @@ static void print_warning(void *ctx, const char *msg)
     fprintf(stderr, "%s\n", msg);
 }
 
-static const char *strategy_name(enum rules_strategy s)
-{
-    static const char *const names[] = {"weighted", "round_robin", "nearest", "least_loaded"};
-    return names[s];
-}
-
 /* -t -v: the routing table as the daemon understood it, for humans. */
 static void describe(const struct rules_table *t)
 {
     printf("\n%-18s %-12s %-6s %-8s %s\n", "NICHE", "STRATEGY", "BUYERS", "DEALERS", "SOURCES");
     for (uint32_t i = 0; i < t->n_niches; i++) {
         const struct rules_niche *n = &t->niches[i];
-        printf("%-18s %-12s %-6d %-8u", n->name, strategy_name(n->strategy), n->max_buyers, n->n_members);
+        printf("%-18s %-12s %-6d %-8u", n->name, rules_strategy_str(n->strategy), n->max_buyers, n->n_members);
         for (uint32_t k = 0; k < n->n_sources; k++)
             printf("%s%s", k ? "," : "", n->sources[k]);
         printf("\n");

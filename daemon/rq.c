@@ -153,6 +153,15 @@ static void send_batch(struct rq *q, struct batch *b)
     send_commit(q, b, false);
 }
 
+/* After every reply: finish a stop, or read on once nothing is in flight. */
+static void settle(struct rq *q)
+{
+    if (q->stopping)
+        maybe_finish(q);
+    else if (q->inflight == 0)
+        read_next(q);
+}
+
 static void batch_done(struct rq *q, struct batch *b)
 {
     b->busy = false;
@@ -161,12 +170,7 @@ static void batch_done(struct rq *q, struct batch *b)
         commit_args_free(&b->args);
         free(b);
     }
-    if (q->inflight == 0) {
-        if (q->stopping)
-            maybe_finish(q);
-        else
-            read_next(q);
-    }
+    settle(q);
 }
 
 static void tally(struct rq *q, const struct batch *b, const char *res)
@@ -341,10 +345,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     } else if (commit_count(&b->args) > 0) {
         send_batch(q, b);
     }
-    if (q->stopping)
-        maybe_finish(q);
-    else if (q->inflight == 0)
-        read_next(q);
+    settle(q);
 }
 
 /* ----------------------------------------------------------- returns --- */
@@ -473,10 +474,7 @@ static void on_record(redisAsyncContext *ac, void *reply, void *priv)
             reroute(q, rt, dealers, attempt, payload, plen);
     } /* else disconnected: the return stays pending */
     free(rt);
-    if (q->stopping)
-        maybe_finish(q);
-    else if (q->inflight == 0)
-        read_next(q);
+    settle(q);
 }
 
 static void on_returns(redisAsyncContext *ac, void *reply, void *priv)
@@ -562,10 +560,7 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
         log_error("recovery: XCLAIM: %s", r->str);
     }
     q->n_claim = 0;
-    if (q->stopping)
-        maybe_finish(q);
-    else if (q->inflight == 0)
-        read_next(q);
+    settle(q);
 }
 
 static void on_pending(redisAsyncContext *ac, void *reply, void *priv)

@@ -104,7 +104,7 @@ __attribute__((format(printf, 2, 3))) static void put(struct out *o, const char 
         o->off += (size_t)n;
 }
 
-static const char *strategy_str(enum rules_strategy s)
+const char *rules_strategy_str(enum rules_strategy s)
 {
     static const char *const names[] = {"weighted", "round_robin", "nearest", "least_loaded"};
     return names[s];
@@ -126,7 +126,7 @@ size_t rules_explain(const struct rules_table *t, const struct lead *l, const st
     if (d->niche >= 0) {
         const struct rules_niche *n = &t->niches[d->niche];
         put(&o, "3. dealers covering the lead: %u (strategy %s, max_buyers %d)%s\n", d->n_verdicts,
-            strategy_str(n->strategy), n->max_buyers,
+            rules_strategy_str(n->strategy), n->max_buyers,
             d->owners ? (d->hold ? "; exclusive owners, overflow hold" : "; exclusive owners, overflow release")
                       : "");
         for (uint32_t i = 0; i < d->n_verdicts; i++) {

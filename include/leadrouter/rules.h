@@ -141,6 +141,7 @@ void rules_rule_str(const struct rules_table *t, const struct rules_decision *d,
 const char *rules_why_str(enum rules_why why);      /* "capped:day", "filtered:min_score" */
 const char *rules_reason_str(enum rules_reason r);  /* "all_capped" ... */
 const char *rules_how_str(enum rules_how h);
+const char *rules_strategy_str(enum rules_strategy s); /* "weighted" ... */
 const char *rules_match_str(enum rules_match m);
 
 /* Business hours: is dealer open at unix second now? */
