@@ -181,7 +181,7 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
 
 #define DEALERS_ARG (HEAD_ARGS + 12) /* ARGV[13] */
 
-int commit_end(struct commit_args *a, int64_t now_ms)
+int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms)
 {
     char n[8];
     snprintf(n, sizeof n, "%06d", a->leads % 1000000);
@@ -197,7 +197,7 @@ int commit_end(struct commit_args *a, int64_t now_ms)
         const struct rules_dealer *d = &a->table->dealers[a->dlist[i]];
         msgpack_pack_array(&pk, 11);
         pack_cstr(&pk, d->id);
-        msgpack_pack_int(&pk, d->weight);
+        msgpack_pack_int64(&pk, weight ? (int64_t)weight[a->dlist[i]] : d->weight);
         for (int p = 0; p < PERIOD_N; p++)
             msgpack_pack_uint32(&pk, d->caps[p]);
         for (int p = 0; p < PERIOD_N; p++) {

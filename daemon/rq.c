@@ -18,6 +18,7 @@
 #include "leadrouter/commit.h"
 #include "leadrouter/log.h"
 #include "leadrouter/rq.h"
+#include "leadrouter/stats.h"
 
 extern const char lr_commit_lua[];
 extern const unsigned long lr_commit_lua_len;
@@ -64,6 +65,9 @@ struct rq {
     char (*claim_ids)[64];
     long long *claim_deliveries;
     struct rq_stats st;
+    struct stats *stats;    /* ops statistics, or NULL */
+    const uint8_t *paused;  /* runtime controls per dealer of cfg, or NULL */
+    const uint32_t *weight;
     void (*on_ready)(void *);
     void (*on_exit)(void *, int);
     void *ctx;
@@ -139,7 +143,7 @@ static void send_commit(struct rq *q, struct batch *b, bool full_script)
 
 static void send_batch(struct rq *q, struct batch *b)
 {
-    if (commit_end(&b->args, redis_now_ms(q)) != 0) {
+    if (commit_end(&b->args, q->weight, redis_now_ms(q)) != 0) {
         q->st.errors++;
         log_error("out of memory finishing a commit: its leads stay pending for recovery");
         if (b->dynamic) {
@@ -240,7 +244,7 @@ static int add_entry(struct rq *q, struct batch *b, enum commit_mode mode, const
         return commit_add_dead(&b->args, &src, err);
     }
     const struct lead *l = codec_lead_get(q->codec);
-    struct rules_input in = {.now_ms = now};
+    struct rules_input in = {.now_ms = now, .paused = q->paused, .weight = q->weight};
     struct rules_decision d;
     rules_decide(c->rules, q->scratch, l, &in, &d);
     return commit_add_route(&b->args, c, mode, &src, l, &d, now);
@@ -438,7 +442,8 @@ static void reroute(struct rq *q, const struct ret *rt, const char *dealers, con
         p += n + (e ? 1 : 0);
     }
     int64_t now = redis_now_ms(q);
-    struct rules_input in = {.now_ms = now, .exclude = exclude, .n_exclude = n_ex};
+    struct rules_input in = {
+        .now_ms = now, .paused = q->paused, .weight = q->weight, .exclude = exclude, .n_exclude = n_ex};
     struct rules_decision d;
     const struct lead *l = codec_lead_get(q->codec);
     rules_decide(c->rules, q->scratch, l, &in, &d);
@@ -640,6 +645,8 @@ static void become_ready(struct rq *q)
         return;
     q->ready = true;
     q->st.redis_up = true;
+    if (q->stats)
+        stats_set_redis_up(q->stats, true);
     q->backoff_ms = BACKOFF_MIN_MS;
     log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
     /* Commits whose replies were lost with the old connection go again. */
@@ -770,6 +777,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     q->ready = false;
     q->polling_returns = false;
     q->st.redis_up = false;
+    if (q->stats)
+        stats_set_redis_up(q->stats, false);
     if (q->stopping) {
         maybe_finish(q);
         return;
@@ -898,6 +907,49 @@ void rq_set_config(struct rq *q, const struct cfg *cfg)
     rules_scratch_free(q->scratch);
     q->scratch = NULL;
     q->scratch_for = NULL;
+}
+
+void rq_set_stats(struct rq *q, struct stats *st)
+{
+    q->stats = st;
+    if (st)
+        stats_set_redis_up(st, q->st.redis_up);
+}
+
+void rq_set_controls(struct rq *q, const uint8_t *paused, const uint32_t *weight)
+{
+    q->paused = paused;
+    q->weight = weight;
+}
+
+struct cmd_ctx {
+    void (*cb)(const struct redisReply *, void *);
+    void *priv;
+};
+
+static void on_command(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)ac;
+    struct cmd_ctx *cc = priv;
+    cc->cb(reply, cc->priv);
+    free(cc);
+}
+
+int rq_command(struct rq *q, int argc, const char **argv, const size_t *argvlen,
+               void (*cb)(const struct redisReply *reply, void *priv), void *priv)
+{
+    if (!q->wr_up || q->exited)
+        return -1;
+    struct cmd_ctx *cc = malloc(sizeof *cc);
+    if (!cc)
+        return -1;
+    cc->cb = cb;
+    cc->priv = priv;
+    if (redisAsyncCommandArgv(q->wr, on_command, cc, argc, argv, argvlen) != REDIS_OK) {
+        free(cc);
+        return -1;
+    }
+    return 0;
 }
 
 const struct rq_stats *rq_stats(const struct rq *q)

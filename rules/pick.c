@@ -67,15 +67,15 @@ static void swap_dbl(double *a, double *b)
 /* One smooth weighted round robin step over c[0..m) (nginx's algorithm):
  * everyone adds its weight, the highest current value wins (ties: listed
  * first, which is the lowest position here), the winner pays the total. */
-static uint32_t swrr_step(const struct rules_table *t, const struct rules_decision *d, const uint32_t *c,
-                          uint32_t m, bool unit, int64_t *rr)
+static uint32_t swrr_step(const struct rules_table *t, const struct rules_decision *d, const uint32_t *weight,
+                          const uint32_t *c, uint32_t m, bool unit, int64_t *rr)
 {
     int64_t total = 0;
     uint32_t best = 0;
     int64_t best_val = 0;
     for (uint32_t i = 0; i < m; i++) {
         const struct rules_verdict *v = &d->verdicts[c[i]];
-        int64_t w = unit ? 1 : t->hot[v->dealer].weight;
+        int64_t w = unit ? 1 : weight ? (int64_t)weight[v->dealer] : t->hot[v->dealer].weight;
         uint32_t slot = v->rr_slot;
         rr[slot] += w;
         total += w;
@@ -128,7 +128,7 @@ static void pick_tier(const struct rules_table *t, struct rules_decision *d, con
     while (m > 0 && d->n_picked < k) {
         uint32_t p;
         if (n->strategy == STRAT_WEIGHTED || n->strategy == STRAT_ROUND_ROBIN)
-            p = swrr_step(t, d, c, m, n->strategy == STRAT_ROUND_ROBIN, rr);
+            p = swrr_step(t, d, in->weight, c, m, n->strategy == STRAT_ROUND_ROBIN, rr);
         else
             p = min_key(key, m);
         pick_one(d, c, key, p, stage);

@@ -47,9 +47,10 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
 int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
                      const struct lead *l, struct rules_decision *d, int64_t now_ms) LR_WUR;
 int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error) LR_WUR;
-/* Writes the dealer table (buckets for now_ms) and the lead count; the
- * argv is ready to send until the next begin. 0, or -1 out of memory. */
-int commit_end(struct commit_args *a, int64_t now_ms) LR_WUR;
+/* Writes the dealer table (buckets for now_ms; weight: runtime weights per
+ * dealer, NULL for the config's) and the lead count; the argv is ready to
+ * send until the next begin. 0, or -1 out of memory. */
+int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms) LR_WUR;
 /* Leads in the batch. */
 int commit_count(const struct commit_args *a);
 void commit_args_free(struct commit_args *a);

@@ -11,7 +11,9 @@
 #include "leadrouter/config.h"
 
 struct event_base;
+struct redisReply;
 struct rq;
+struct stats;
 
 /* Process-lifetime counters (SPEC section 6: this process's, since start). */
 struct rq_stats {
@@ -38,5 +40,21 @@ void rq_stop(struct rq *q);
 void rq_set_config(struct rq *q, const struct cfg *cfg);
 
 const struct rq_stats *rq_stats(const struct rq *q);
+
+/* Where the outcomes are counted (NULL: nowhere). The caller keeps it alive. */
+void rq_set_stats(struct rq *q, struct stats *st);
+
+/* Runtime controls from ops (admin pause/resume/weight), one entry per
+ * dealer of the config last given to rq_new/rq_set_config: paused flags and
+ * weights (>= 1). NULL: none paused / the config's weights. The caller keeps
+ * the arrays alive and calls this again after each rq_set_config. */
+void rq_set_controls(struct rq *q, const uint8_t *paused, const uint32_t *weight);
+
+/* Sends one command on the commit connection, for ops (e.g. `why`, the cap
+ * counters of `dealers`). cb gets the reply, or NULL if the connection
+ * dropped before it came; it must not keep the reply. Returns 0, or -1 when
+ * Redis is down (cb is then never called). */
+int rq_command(struct rq *q, int argc, const char **argv, const size_t *argvlen,
+               void (*cb)(const struct redisReply *reply, void *priv), void *priv) LR_WUR;
 
 #endif

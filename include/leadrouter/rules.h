@@ -71,6 +71,7 @@ struct rules_usage {
 struct rules_input {
     int64_t now_ms;                  /* unix ms */
     const uint8_t *paused;           /* per dealer; NULL: none paused */
+    const uint32_t *weight;          /* per dealer, runtime weights (>= 1); NULL: the config's */
     const struct rules_usage *usage; /* per dealer; NULL: all zero */
     const uint32_t *exclude;         /* dealers that already had this lead */
     uint32_t n_exclude;
