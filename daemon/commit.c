@@ -94,6 +94,8 @@ void commit_args_free(struct commit_args *a)
 {
     free(a->dpos);
     free(a->dlist);
+    free(a->rrpos);
+    free(a->rrlist);
     free(a->argv);
     free(a->len);
     free(a->off);
@@ -141,17 +143,28 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
     rc |= pushs(a, "000000"); /* the count, set by commit_end */
     rc |= pushs(a, plist ? plist : "");
     rc |= push(a, "", 0); /* the dealer table, set by commit_end */
-    for (uint32_t i = 0; i < a->nd; i++)
-        if (a->table == c->rules)
+    rc |= push(a, "", 0); /* the rotation table, set by commit_end */
+    snprintf(a->prefix, sizeof a->prefix, "%s", c->prefix);
+    if (a->table == c->rules) {
+        for (uint32_t i = 0; i < a->nd; i++)
             a->dpos[a->dlist[i]] = 0;
+        for (uint32_t i = 0; i < a->nrr; i++)
+            a->rrpos[a->rrlist[i]] = 0;
+    }
     a->nd = 0;
+    a->nrr = 0;
     if (a->table != c->rules) {
         free(a->dpos);
         free(a->dlist);
+        free(a->rrpos);
+        free(a->rrlist);
         size_t n = c->rules->n_dealers ? c->rules->n_dealers : 1;
+        size_t nr = c->rules->n_rr_slots ? c->rules->n_rr_slots : 1;
         a->dpos = calloc(n, sizeof *a->dpos);
         a->dlist = calloc(n, sizeof *a->dlist);
-        a->table = a->dpos && a->dlist ? c->rules : NULL;
+        a->rrpos = calloc(nr, sizeof *a->rrpos);
+        a->rrlist = calloc(nr, sizeof *a->rrlist);
+        a->table = a->dpos && a->dlist && a->rrpos && a->rrlist ? c->rules : NULL;
         if (!a->table)
             return -1;
     }
@@ -180,13 +193,22 @@ static void pack_cstr(msgpack_packer *pk, const char *s)
 }
 
 #define DEALERS_ARG (HEAD_ARGS + 12) /* ARGV[13] */
+#define RR_ARG (HEAD_ARGS + 13)      /* ARGV[14] */
 
-int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms)
+/* Packs a table into a new last argument and moves it to slot at. */
+static void table_arg(struct commit_args *a, size_t at)
+{
+    a->argc--; /* not an argument of its own */
+    a->off[at] = a->off[a->argc];
+    a->len[at] = a->len[a->argc];
+}
+
+int commit_end(struct commit_args *a, int64_t now_ms)
 {
     char n[8];
     snprintf(n, sizeof n, "%06d", a->leads % 1000000);
     memcpy(a->buf + a->off[COUNT_ARG], n, 6);
-    /* The dealer table goes at the end of the buffer; ARGV[13] points there. */
+    /* The tables go at the end of the buffer; ARGV[13] and [14] point there. */
     if (push(a, "", 0))
         return -1;
     msgpack_packer pk;
@@ -195,9 +217,8 @@ int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms)
     int64_t now_s = now_ms / 1000;
     for (uint32_t i = 0; i < a->nd; i++) {
         const struct rules_dealer *d = &a->table->dealers[a->dlist[i]];
-        msgpack_pack_array(&pk, 11);
+        msgpack_pack_array(&pk, 10);
         pack_cstr(&pk, d->id);
-        msgpack_pack_int64(&pk, weight ? (int64_t)weight[a->dlist[i]] : d->weight);
         for (int p = 0; p < PERIOD_N; p++)
             msgpack_pack_uint32(&pk, d->caps[p]);
         for (int p = 0; p < PERIOD_N; p++) {
@@ -207,11 +228,40 @@ int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms)
         }
         msgpack_pack_uint32(&pk, d->max_pending);
     }
-    a->argc--; /* not an argument of its own: it is ARGV[13] */
-    a->off[DEALERS_ARG] = a->off[a->argc];
-    a->len[DEALERS_ARG] = a->len[a->argc];
+    table_arg(a, DEALERS_ARG);
+    if (push(a, "", 0))
+        return -1;
+    msgpack_pack_array(&pk, a->nrr * 2);
+    for (uint32_t i = 0; i < a->nrr; i++) {
+        uint32_t slot = a->rrlist[i], nd = a->table->n_dealers;
+        const struct rules_dealer *d = &a->table->dealers[slot % nd];
+        char key[256];
+        int kl = snprintf(key, sizeof key, "%s:rr:%s:%d", a->prefix, a->table->niches[slot / nd].name, d->tier);
+        pack_str(&pk, key, kl > 0 && (size_t)kl < sizeof key ? (size_t)kl : 0);
+        pack_cstr(&pk, d->id);
+    }
+    table_arg(a, RR_ARG);
     fixup(a);
     return 0;
+}
+
+const char *commit_payload(const struct commit_args *a, int k, size_t *len)
+{
+    size_t i = RR_ARG + 1 + 3 * (size_t)k + 1;
+    if (k < 0 || k >= a->leads || i >= a->argc)
+        return NULL;
+    *len = a->len[i];
+    return a->buf + a->off[i];
+}
+
+uint32_t commit_dealer_at(const struct commit_args *a, uint64_t pos)
+{
+    return pos >= 1 && pos <= a->nd ? a->dlist[pos - 1] : UINT32_MAX;
+}
+
+uint32_t commit_rr_at(const struct commit_args *a, uint64_t pos)
+{
+    return pos >= 1 && pos <= a->nrr ? a->rrlist[pos - 1] : UINT32_MAX;
 }
 
 int commit_count(const struct commit_args *a)
@@ -243,11 +293,11 @@ int commit_add_dead(struct commit_args *a, const struct commit_src *src, const c
     /* Undecodable input has no trustworthy id: the record is not written. */
     pack_meta(&pk, src, src->ref, strlen(src->ref), "", 0, "", "dead", error);
     pack_cstr(&pk, "");         /* flags */
-    msgpack_pack_int(&pk, 0);   /* k */
-    pack_cstr(&pk, "");         /* strategy */
+    msgpack_pack_array(&pk, 0); /* picked */
+    msgpack_pack_array(&pk, 0); /* rules */
     for (int i = 0; i < 4; i++) /* phone email passed had */
         pack_cstr(&pk, "");
-    msgpack_pack_array(&pk, 0); /* candidates */
+    msgpack_pack_array(&pk, 0); /* rr */
     if (push(a, src->payload, src->payload_len) || push(a, "", 0))
         return -1;
     a->leads++;
@@ -303,15 +353,15 @@ static int assignment_head(struct commit_args *a, const struct rules_table *t, c
     return 0;
 }
 
-/* The compact "dealer=why" list of the dealers passed over before the
- * commit (filtered, closed, paused...), for the audit stream. */
+/* The compact "dealer=why" list of the dealers passed over (filtered,
+ * closed, paused, capped, not picked...), for the audit stream. */
 static void pack_passed(msgpack_packer *pk, const struct rules_table *t, const struct rules_decision *d)
 {
     char buf[4096];
     size_t o = 0;
     for (uint32_t i = 0; i < d->n_verdicts; i++) {
         const struct rules_verdict *v = &d->verdicts[i];
-        if (v->why == WHY_CANDIDATE)
+        if (v->why == WHY_CANDIDATE || v->why == WHY_PICKED)
             continue;
         int n = snprintf(buf + o, sizeof buf - o, "%s%s=%s", o ? "," : "", t->dealers[v->dealer].id,
                          rules_why_str((enum rules_why)v->why));
@@ -334,15 +384,24 @@ static uint32_t dealer_slot(struct commit_args *a, uint32_t di)
     return a->dpos[di];
 }
 
-int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
-                     const struct lead *l, struct rules_decision *d, int64_t now_ms)
+static uint32_t rr_slot_pos(struct commit_args *a, uint32_t slot)
 {
-    (void)now_ms;
+    if (!a->rrpos[slot]) {
+        a->rrlist[a->nrr++] = slot;
+        a->rrpos[slot] = a->nrr;
+    }
+    return a->rrpos[slot];
+}
+
+int commit_add_route(struct commit_args *a, const struct cfg *c, const struct commit_src *src, const struct lead *l,
+                     const struct rules_decision *d, const struct commit_rr *rr, uint32_t n_rr)
+{
     const struct rules_table *t = c->rules;
     if (a->table != t)
         return -1;
     const char *outcome = d->reason == REASON_ASSIGNED ? "route" : rules_reason_str(d->reason);
     const char *niche = d->niche >= 0 ? t->niches[d->niche].name : "";
+    uint32_t np = d->reason == REASON_ASSIGNED ? d->n_picked : 0;
     if (push(a, "", 0))
         return -1;
     msgpack_packer pk;
@@ -351,37 +410,29 @@ int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mod
     char flags[4] = "", *f = flags;
     if (d->hot)
         *f++ = 'h';
-    if (d->hold)
-        *f++ = 'H';
+    if (src->same_done)
+        *f++ = 'S';
     *f = 0;
     pack_cstr(&pk, flags);
-    int k = d->niche >= 0 ? t->niches[d->niche].max_buyers : 1;
-    msgpack_pack_int(&pk, mode == COMMIT_RETURN ? 1 : k); /* a return asks for one replacement */
-    pack_cstr(&pk, d->niche >= 0 ? rules_strategy_str(t->niches[d->niche].strategy) : "weighted");
+    msgpack_pack_array(&pk, np);
+    for (uint32_t i = 0; i < np; i++)
+        msgpack_pack_uint32(&pk, dealer_slot(a, d->picked[i]));
+    msgpack_pack_array(&pk, np);
+    for (uint32_t i = 0; i < np; i++) {
+        char rule[32];
+        rules_rule_str(t, d, d->picked[i], rule, sizeof rule);
+        pack_cstr(&pk, rule);
+    }
     char phone[64], email[256];
     pack_str(&pk, phone, commit_norm_phone(l->phone, phone, sizeof phone));
     pack_str(&pk, email, commit_norm_email(l->email, email, sizeof email));
     pack_passed(&pk, t, d);
     pack_cstr(&pk, src->had ? src->had : "");
-    uint32_t n = d->reason == REASON_ASSIGNED ? d->stage_end[1] : 0;
-    msgpack_pack_array(&pk, n * 5);
-    bool nearest = d->niche >= 0 && t->niches[d->niche].strategy == STRAT_NEAREST;
-    for (uint32_t i = 0; i < n; i++) {
-        const struct rules_verdict *v = &d->verdicts[d->cand[i]];
-        const struct rules_dealer *dl = &t->dealers[v->dealer];
-        msgpack_pack_uint32(&pk, dealer_slot(a, v->dealer));
-        msgpack_pack_int(&pk, v->stage);
-        msgpack_pack_int(&pk, dl->tier);
-        double key = 0.0;
-        if (nearest)
-            key = dl->has_radius && l->has_geo ? rules_distance_km(l->lat, l->lon, dl->lat, dl->lon) : 1e18;
-        msgpack_pack_double(&pk, key);
-        char rule[32];
-        d->picked_stage = v->stage; /* the rule names the stage it would be picked in */
-        rules_rule_str(t, d, v->dealer, rule, sizeof rule);
-        pack_cstr(&pk, rule);
+    msgpack_pack_array(&pk, np ? n_rr * 2 : 0);
+    for (uint32_t i = 0; np && i < n_rr; i++) {
+        msgpack_pack_uint32(&pk, rr_slot_pos(a, rr[i].slot));
+        msgpack_pack_int64(&pk, rr[i].delta);
     }
-    d->picked_stage = -1;
     if (push(a, src->payload, src->payload_len))
         return -1;
     if (d->niche >= 0) {

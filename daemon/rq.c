@@ -27,16 +27,46 @@ extern const unsigned long lr_commit_lua_len;
 #define RETURNS_POLL_MS 200
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 5000
+#define WATCH_MS 1000 /* the hung-server watchdog's tick */
+#define HUNG_MS 3000  /* a command unanswered this long (past a read's block time): the server hangs */
 
 /* A batch of leads (or one return) whose commit awaits its reply. */
+/* What the reply of a lead's commit needs: statistics labels, and what it
+ * takes to decide the lead again ("redo"). */
+struct note {
+    char ref[64];
+    char niche[64];
+    char source[64];
+    char error[48];   /* dead: the reason's code */
+    int attempt;
+    int tries;        /* redo rounds so far */
+    bool same_done;
+    int64_t t0_ms;    /* created_at, or receipt */
+    char *had;        /* returns: dealers that had it (owned), or NULL */
+};
+
 struct batch {
     struct rq *q;
     bool busy;       /* sent, no reply yet */
     bool resend;     /* its connection dropped before the reply: send again */
     bool dynamic;    /* a return: freed after the reply */
     bool is_return;
+    uint64_t gen;    /* the table generation it was decided with */
     char ref[64];    /* the first entry id, for logs */
     struct commit_args args;
+    struct note *notes;
+    int n_notes, cap_notes;
+};
+
+/* A lead to decide again: a picked dealer was full in Redis, or dedup
+ * same_dealer named a prior dealer. Still pending in the input. */
+struct redo {
+    struct redo *next;
+    enum commit_mode mode;
+    struct note note;
+    char same[128];   /* the prior dealer, or "" */
+    char *payload;
+    size_t len;
 };
 
 struct rq {
@@ -64,6 +94,24 @@ struct rq {
     int n_claim;           /* the last round's ids and their delivery counts */
     char (*claim_ids)[64];
     long long *claim_deliveries;
+    struct event *watch_ev;
+    /* The pick state of the current table: rotation values and counters,
+     * loaded from Redis (sync) and then kept by the commit replies. */
+    uint64_t table_gen;
+    int64_t *rr;            /* per rotation slot */
+    struct rules_usage *usage; /* per dealer */
+    int64_t *pending_ms;    /* per dealer: when usage.pending was learned */
+    struct { uint32_t slot; int64_t before; } *rrsnap; /* per dealer */
+    struct commit_rr *moves;
+    uint64_t sync_gen;
+    int sync_pending;
+    bool synced, syncing;
+    int64_t sync_quarter;   /* the quarter hour the counters belong to */
+    struct redo *redo_head, **redo_tail;
+    int n_redo;
+    int64_t heard_ms[2];    /* per connection (rd, wr): last reply, or idle since */
+    unsigned long long scan_cursor; /* list mode: the SCAN for processing lists */
+    bool list_recovering;
     struct rq_stats st;
     struct stats *stats;    /* ops statistics, or NULL */
     const uint8_t *paused;  /* runtime controls per dealer of cfg, or NULL */
@@ -78,6 +126,21 @@ static int64_t wall_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static int64_t mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* A reply (or the connection) came on ac: the server is alive. */
+static struct rq *heard(const redisAsyncContext *ac)
+{
+    struct rq *q = ac->data;
+    q->heard_ms[ac == q->wr] = mono_ms();
+    return q;
 }
 
 static int64_t redis_now_ms(const struct rq *q)
@@ -141,19 +204,41 @@ static void send_commit(struct rq *q, struct batch *b, bool full_script)
         b->resend = true; /* sent again once the connection is back */
 }
 
+static void batch_free(struct batch *b)
+{
+    for (int i = 0; i < b->n_notes; i++)
+        free(b->notes[i].had);
+    b->n_notes = 0;
+    if (b->dynamic) {
+        commit_args_free(&b->args);
+        free(b->notes);
+        free(b);
+    }
+}
+
+static void update_in_flight(struct rq *q)
+{
+    if (!q->stats)
+        return;
+    int64_t n = 0;
+    if (q->input.busy)
+        n += q->input.n_notes;
+    if (q->recov.busy)
+        n += q->recov.n_notes;
+    stats_set_in_flight(q->stats, n + q->n_redo);
+}
+
 static void send_batch(struct rq *q, struct batch *b)
 {
-    if (commit_end(&b->args, q->weight, redis_now_ms(q)) != 0) {
+    if (commit_end(&b->args, redis_now_ms(q)) != 0) {
         q->st.errors++;
         log_error("out of memory finishing a commit: its leads stay pending for recovery");
-        if (b->dynamic) {
-            commit_args_free(&b->args);
-            free(b);
-        }
+        batch_free(b);
         return;
     }
     b->busy = true;
     q->inflight++;
+    update_in_flight(q);
     send_commit(q, b, false);
 }
 
@@ -170,21 +255,89 @@ static void batch_done(struct rq *q, struct batch *b)
 {
     b->busy = false;
     q->inflight--;
-    if (b->dynamic) {
-        commit_args_free(&b->args);
-        free(b);
-    }
+    batch_free(b);
+    update_in_flight(q);
     settle(q);
 }
 
-static void tally(struct rq *q, const struct batch *b, const char *res)
+/* The lead k of b goes back to be decided again. */
+static void queue_redo(struct rq *q, const struct batch *b, int k, const char *same)
 {
+    const struct note *n = &b->notes[k];
+    size_t len = 0;
+    const char *pl = commit_payload(&b->args, k, &len);
+    struct redo *r = calloc(1, sizeof *r);
+    if (!r || !pl || !(r->payload = malloc(len ? len : 1)) || (n->had && !(r->note.had = strdup(n->had)))) {
+        if (r)
+            free(r->payload);
+        free(r);
+        q->st.errors++;
+        log_error("entry %s: out of memory deciding it again: it stays pending for recovery", n->ref);
+        return;
+    }
+    char *had = r->note.had;
+    r->note = *n;
+    r->note.had = had;
+    r->note.tries++;
+    if (same) {
+        snprintf(r->same, sizeof r->same, "%s", same);
+        r->note.same_done = true;
+    }
+    memcpy(r->payload, pl, len);
+    r->len = len;
+    r->mode = b->is_return ? COMMIT_RETURN : q->cfg->input.mode == INPUT_LIST ? COMMIT_LIST : COMMIT_STREAM;
+    r->next = NULL;
+    *q->redo_tail = r;
+    q->redo_tail = &r->next;
+    q->n_redo++;
+}
+
+static void redo_free(struct redo *r)
+{
+    free(r->payload);
+    free(r->note.had);
+    free(r);
+}
+
+/* One lead's result: counters, statistics, and a redo when asked. */
+static void tally(struct rq *q, struct batch *b, int k, const char *res)
+{
+    const struct note *n = k < b->n_notes ? &b->notes[k] : NULL;
+    struct stats *st = q->stats;
     if (strncmp(res, "assigned:", 9) == 0) {
         q->st.assigned++;
+        if (st && n) {
+            for (const char *p = res + 9; *p;) {
+                const char *e = strchr(p, ',');
+                char id[128];
+                size_t len = e ? (size_t)(e - p) : strlen(p);
+                snprintf(id, sizeof id, "%.*s", (int)(len < sizeof id ? len : sizeof id - 1), p);
+                stats_assigned(st, id, n->niche, n->source);
+                p += len + (e ? 1 : 0);
+            }
+            if (b->is_return)
+                stats_returned(st);
+            double lat = (double)(redis_now_ms(q) - n->t0_ms) / 1000.0;
+            stats_latency(st, lat < 0 ? 0 : lat);
+        }
     } else if (strncmp(res, "unassigned:", 11) == 0) {
         q->st.unassigned++;
+        if (st && n) {
+            stats_unassigned(st, res + 11, n->niche, n->source);
+            if (strcmp(res + 11, "duplicate") == 0 || strcmp(res + 11, "duplicate_id") == 0)
+                stats_duplicate(st);
+        }
     } else if (strcmp(res, "dead") == 0) {
         q->st.dead++;
+        if (st && n)
+            stats_dead(st, n->error);
+    } else if (strncmp(res, "redo", 4) == 0 && n) {
+        q->st.redone++;
+        if (n->tries >= 5)
+            log_warn("entry %s: decided %d times and still refused; it stays pending for recovery", n->ref,
+                     n->tries + 1);
+        else
+            queue_redo(q, b, k, strncmp(res, "redo:same:", 10) == 0 ? res + 10 : NULL);
     } else {
         /* stale / not_owner: committed already, or taken over by another
          * consumer: nothing was written. */
@@ -193,9 +346,34 @@ static void tally(struct rq *q, const struct batch *b, const char *res)
     }
 }
 
+/* The counters and rotation values the script read or wrote: they replace
+ * ours (Redis is the truth; other daemons move them too). */
+static void learn(struct rq *q, const struct batch *b, const redisReply *cnt, const redisReply *rrv)
+{
+    if (b->gen != q->table_gen || !q->usage)
+        return;
+    int64_t now = mono_ms();
+    for (size_t i = 0; cnt->type == REDIS_REPLY_ARRAY && i + 5 < cnt->elements; i += 6) {
+        uint32_t d = commit_dealer_at(&b->args, (uint64_t)cnt->element[i]->integer);
+        if (d == UINT32_MAX)
+            continue;
+        for (int p = 0; p < PERIOD_N; p++)
+            q->usage[d].used[p] = (uint32_t)cnt->element[i + 1 + p]->integer;
+        if (cnt->element[i + 5]->integer >= 0) {
+            q->usage[d].pending = (uint32_t)cnt->element[i + 5]->integer;
+            q->pending_ms[d] = now;
+        }
+    }
+    for (size_t i = 0; rrv->type == REDIS_REPLY_ARRAY && i + 1 < rrv->elements; i += 2) {
+        uint32_t slot = commit_rr_at(&b->args, (uint64_t)rrv->element[i]->integer);
+        if (slot != UINT32_MAX)
+            q->rr[slot] = rrv->element[i + 1]->integer;
+    }
+}
+
 static void on_commit(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    heard(ac);
     struct batch *b = priv;
     struct rq *q = b->q;
     redisReply *r = reply;
@@ -210,10 +388,12 @@ static void on_commit(redisAsyncContext *ac, void *reply, void *priv)
         }
         q->st.errors++;
         log_error("commit of the batch at %s failed: %s (its leads stay pending for recovery)", b->ref, r->str);
-    } else if (r->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i < r->elements; i++)
+    } else if (r->type == REDIS_REPLY_ARRAY && r->elements >= 2) {
+        size_t n = r->elements - 2;
+        learn(q, b, r->element[n], r->element[n + 1]);
+        for (size_t i = 0; i < n; i++)
             if (r->element[i]->type == REDIS_REPLY_STRING)
-                tally(q, b, r->element[i]->str);
+                tally(q, b, (int)i, r->element[i]->str);
     } else {
         q->st.errors++;
         log_error("batch at %s: unexpected commit reply type %d", b->ref, r->type);
@@ -231,23 +411,121 @@ static bool ensure_scratch(struct rq *q)
     return q->scratch != NULL;
 }
 
+static struct note *new_note(struct batch *b)
+{
+    if (b->n_notes == b->cap_notes) {
+        int nc = b->cap_notes ? b->cap_notes * 2 : 64;
+        struct note *nn = realloc(b->notes, (size_t)nc * sizeof *nn);
+        if (!nn)
+            return NULL;
+        b->notes = nn;
+        b->cap_notes = nc;
+    }
+    struct note *n = &b->notes[b->n_notes++];
+    memset(n, 0, sizeof *n);
+    return n;
+}
+
+static void copy_label(char *dst, size_t cap, struct lr_str s)
+{
+    size_t n = s.len < cap ? s.len : cap - 1;
+    memcpy(dst, s.p, n);
+    dst[n] = 0;
+}
+
+/* Same-dealer dedup settled by the daemon: when the prior dealer is among
+ * the lead's candidates, it is the only one considered. */
+static void keep_only(struct rules_decision *d, const struct rules_table *t, const char *same)
+{
+    int di = rules_dealer_find(t, same, strlen(same));
+    uint32_t n = d->stage_end[1];
+    for (uint32_t i = 0; i < n && di >= 0; i++) {
+        uint32_t c = d->cand[i];
+        if (d->verdicts[c].dealer != (uint32_t)di)
+            continue;
+        for (uint32_t j = 0; j < n; j++)
+            if (d->cand[j] != c)
+                d->verdicts[d->cand[j]].why = WHY_NOT_PICKED;
+        d->cand[0] = c;
+        d->stage_end[0] = d->verdicts[c].stage == 0 ? 1 : 0;
+        d->stage_end[1] = 1;
+        return;
+    }
+}
+
+/* Decides and picks one decoded lead into b, against our counters and
+ * rotation state; the script checks the picks against Redis. */
+static int route_lead(struct rq *q, struct batch *b, struct note *n, const struct commit_src *src,
+                      const struct lead *l, const uint32_t *exclude, uint32_t n_ex, const char *same, int64_t now)
+{
+    const struct cfg *c = q->cfg;
+    const struct rules_table *t = c->rules;
+    struct rules_input in = {.now_ms = now,
+                             .paused = q->paused,
+                             .weight = q->weight,
+                             .usage = q->usage,
+                             .exclude = exclude,
+                             .n_exclude = n_ex,
+                             .max_buyers = b->is_return ? 1 : 0};
+    struct rules_decision d;
+    rules_decide(t, q->scratch, l, &in, &d);
+    uint32_t n_mv = 0;
+    if (d.reason == REASON_ASSIGNED) {
+        if (same && *same)
+            keep_only(&d, t, same);
+        uint32_t nc = d.stage_end[1];
+        for (uint32_t i = 0; i < nc; i++) {
+            uint32_t slot = d.verdicts[d.cand[i]].rr_slot;
+            q->rrsnap[i].slot = slot;
+            q->rrsnap[i].before = q->rr[slot];
+        }
+        if (rules_pick(t, &d, &in, l, q->rr) > 0) {
+            for (uint32_t i = 0; i < nc; i++) {
+                int64_t delta = q->rr[q->rrsnap[i].slot] - q->rrsnap[i].before;
+                if (delta)
+                    q->moves[n_mv++] = (struct commit_rr){q->rrsnap[i].slot, delta};
+            }
+            /* Counted now, so the rest of the batch sees them. */
+            for (uint32_t i = 0; i < d.n_picked; i++) {
+                struct rules_usage *u = &q->usage[d.picked[i]];
+                for (int p = 0; p < PERIOD_N; p++)
+                    u->used[p]++;
+                u->pending++;
+            }
+        }
+    }
+    if (d.niche >= 0)
+        snprintf(n->niche, sizeof n->niche, "%s", t->niches[d.niche].name);
+    return commit_add_route(&b->args, c, src, l, &d, q->moves, n_mv);
+}
+
 /* Decodes and routes one input entry into the batch being built. */
 static int add_entry(struct rq *q, struct batch *b, enum commit_mode mode, const char *ref, const char *payload,
                      size_t len, int64_t now)
 {
+    (void)mode;
     const struct cfg *c = q->cfg;
     struct commit_src src = {.ref = ref, .payload = payload, .payload_len = len, .attempt = 1};
+    struct note *n = new_note(b);
+    if (!n)
+        return -1;
+    snprintf(n->ref, sizeof n->ref, "%s", ref);
+    n->attempt = 1;
+    n->t0_ms = now;
     char err[256];
     q->st.received++;
+    if (q->stats)
+        stats_received(q->stats, 1);
     if (codec_lead_decode(q->codec, payload, len, c->limits.max_lead_bytes, err, sizeof err) != 0) {
         log_info("entry %s: dead letter: %s", ref, err);
+        snprintf(n->error, sizeof n->error, "%.*s", (int)strcspn(err, ":"), err);
         return commit_add_dead(&b->args, &src, err);
     }
     const struct lead *l = codec_lead_get(q->codec);
-    struct rules_input in = {.now_ms = now, .paused = q->paused, .weight = q->weight};
-    struct rules_decision d;
-    rules_decide(c->rules, q->scratch, l, &in, &d);
-    return commit_add_route(&b->args, c, mode, &src, l, &d, now);
+    copy_label(n->source, sizeof n->source, l->source);
+    if (l->has_created_at && l->created_at > 0 && l->created_at <= now)
+        n->t0_ms = l->created_at;
+    return route_lead(q, b, n, &src, l, NULL, 0, NULL, now);
 }
 
 /* Adds stream entries ([id, [field, value...]] each) to the batch. An
@@ -289,14 +567,260 @@ static int add_entries(struct rq *q, struct batch *b, const redisReply *entries,
     return rc;
 }
 
+/* --------------------------------------------------------- pick state --- */
+
+/* Sized for the current table; zeroed. false when out of memory. */
+static bool alloc_state(struct rq *q)
+{
+    const struct rules_table *t = q->cfg->rules;
+    size_t nd = t->n_dealers ? t->n_dealers : 1, nr = t->n_rr_slots ? t->n_rr_slots : 1;
+    free(q->rr);
+    free(q->usage);
+    free(q->pending_ms);
+    free(q->rrsnap);
+    free(q->moves);
+    q->rr = calloc(nr, sizeof *q->rr);
+    q->usage = calloc(nd, sizeof *q->usage);
+    q->pending_ms = calloc(nd, sizeof *q->pending_ms);
+    q->rrsnap = calloc(nd, sizeof *q->rrsnap);
+    q->moves = calloc(nd, sizeof *q->moves);
+    return q->rr && q->usage && q->pending_ms && q->rrsnap && q->moves;
+}
+
+static const char *const period_name[PERIOD_N] = {"hour", "day", "week", "month"};
+
+struct sync_req {
+    struct rq *q;
+    uint64_t gen;
+    uint32_t niche;     /* HGETALL of a rotation hash */
+    uint32_t n;         /* MGET: the dealers asked, 4 counters each */
+    uint32_t dealers[];
+};
+
+static void sync_step(struct rq *q, struct sync_req *sr, bool ok)
+{
+    bool mine = sr->gen == q->sync_gen && q->syncing;
+    free(sr);
+    if (!mine)
+        return;
+    if (!ok) { /* tried again at the next read */
+        q->syncing = false;
+        return;
+    }
+    if (--q->sync_pending == 0) {
+        q->syncing = false;
+        q->synced = true;
+        settle(q);
+    }
+}
+
+static void on_sync_caps(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rq *q = heard(ac);
+    struct sync_req *sr = priv;
+    redisReply *r = reply;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)sr->n * PERIOD_N;
+    if (ok && sr->gen == q->sync_gen)
+        for (uint32_t i = 0; i < sr->n; i++)
+            for (int p = 0; p < PERIOD_N; p++) {
+                const redisReply *e = r->element[i * PERIOD_N + (uint32_t)p];
+                q->usage[sr->dealers[i]].used[p] =
+                    e->type == REDIS_REPLY_STRING ? (uint32_t)strtoul(e->str, NULL, 10) : 0;
+            }
+    sync_step(q, sr, ok);
+}
+
+static void on_sync_rr(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rq *q = heard(ac);
+    struct sync_req *sr = priv;
+    redisReply *r = reply;
+    bool ok = r && r->type == REDIS_REPLY_ARRAY;
+    if (ok && sr->gen == q->sync_gen) {
+        const struct rules_table *t = q->cfg->rules;
+        for (size_t i = 0; i + 1 < r->elements; i += 2) {
+            int di = rules_dealer_find(t, r->element[i]->str, r->element[i]->len);
+            int slot = di >= 0 ? rules_rr_slot(t, (uint32_t)di, sr->niche) : -1;
+            if (slot >= 0)
+                q->rr[slot] = strtoll(r->element[i + 1]->str, NULL, 10);
+        }
+    }
+    sync_step(q, sr, ok);
+}
+
+static bool sync_send(struct rq *q, struct sync_req *sr, redisCallbackFn *fn, int argc, const char **argv,
+                      const size_t *len)
+{
+    if (redisAsyncCommandArgv(q->wr, fn, sr, argc, argv, len) != REDIS_OK) {
+        free(sr);
+        return false;
+    }
+    q->sync_pending++;
+    return true;
+}
+
+/* Loads the counters behind the caps (in the current buckets) and the
+ * rotation state of the current table from Redis; reading waits for it.
+ * Runs when Redis comes (back) up, after a reload, and when a quarter hour
+ * begins (every zone's hour, day, week and month begin on one). */
+static void start_sync(struct rq *q)
+{
+    const struct rules_table *t = q->cfg->rules;
+    if (!q->wr_up || !alloc_state(q)) {
+        if (q->wr_up)
+            log_error("out of memory loading the pick state");
+        return;
+    }
+    q->sync_gen++;
+    q->syncing = true;
+    q->synced = false;
+    q->sync_pending = 0;
+    int64_t now = redis_now_ms(q);
+    q->sync_quarter = now / 900000;
+    struct sync_req *sr = calloc(1, sizeof *sr + t->n_dealers * sizeof(uint32_t));
+    size_t nk = 0;
+    for (uint32_t d = 0; sr && d < t->n_dealers; d++)
+        if (t->hot[d].caps[0] | t->hot[d].caps[1] | t->hot[d].caps[2] | t->hot[d].caps[3])
+            sr->dealers[sr->n++] = d;
+    const char **argv = sr ? calloc(1 + (size_t)sr->n * PERIOD_N, sizeof *argv) : NULL;
+    size_t *len = sr ? calloc(1 + (size_t)sr->n * PERIOD_N, sizeof *len) : NULL;
+    char *keys = sr ? malloc((size_t)sr->n * PERIOD_N * 256 + 1) : NULL;
+    bool ok = sr && argv && len && keys;
+    if (ok && sr->n > 0) {
+        sr->q = q;
+        sr->gen = q->sync_gen;
+        argv[nk] = "MGET";
+        len[nk++] = 4;
+        for (uint32_t i = 0; i < sr->n; i++)
+            for (int p = 0; p < PERIOD_N; p++) {
+                char b[32], *k = keys + (nk - 1) * 256;
+                rules_cap_bucket(t, sr->dealers[i], (enum rules_period)p, now / 1000, b, sizeof b);
+                int kl = snprintf(k, 256, "%s:cap:%s:%s:%s", q->cfg->prefix, t->dealers[sr->dealers[i]].id,
+                                  period_name[p], b);
+                argv[nk] = k;
+                len[nk++] = kl > 0 && kl < 256 ? (size_t)kl : 0;
+            }
+        ok = sync_send(q, sr, on_sync_caps, (int)nk, argv, len);
+        sr = NULL;
+    }
+    free(sr);
+    free(argv);
+    free(len);
+    free(keys);
+    /* One rotation hash per niche and tier its members are in. */
+    for (uint32_t ni = 0; ok && ni < t->n_niches; ni++) {
+        int tiers[64], nt = 0;
+        for (uint32_t d = 0; d < t->n_dealers && nt < 64; d++) {
+            if (rules_rr_slot(t, d, ni) < 0)
+                continue;
+            int tier = t->dealers[d].tier, k = 0;
+            while (k < nt && tiers[k] != tier)
+                k++;
+            if (k == nt)
+                tiers[nt++] = tier;
+        }
+        for (int k = 0; ok && k < nt; k++) {
+            struct sync_req *rr = calloc(1, sizeof *rr);
+            char key[256];
+            int kl = snprintf(key, sizeof key, "%s:rr:%s:%d", q->cfg->prefix, t->niches[ni].name, tiers[k]);
+            const char *av[2] = {"HGETALL", key};
+            size_t al[2] = {7, kl > 0 && (size_t)kl < sizeof key ? (size_t)kl : 0};
+            ok = rr != NULL;
+            if (ok) {
+                rr->q = q;
+                rr->gen = q->sync_gen;
+                rr->niche = ni;
+                ok = sync_send(q, rr, on_sync_rr, 2, av, al);
+            }
+        }
+    }
+    if (!ok) {
+        log_error("could not load the pick state from redis: trying again");
+        q->syncing = false;
+        return;
+    }
+    if (q->sync_pending == 0) { /* nothing to load */
+        q->syncing = false;
+        q->synced = true;
+    }
+}
+
+/* Queue depths behind max_pending go down as dealers consume: a depth
+ * learned more than a second ago is forgotten (the script checks it). */
+static void forget_old_depths(struct rq *q)
+{
+    const struct rules_table *t = q->cfg->rules;
+    int64_t now = mono_ms();
+    for (uint32_t d = 0; d < t->n_dealers; d++)
+        if (t->hot[d].max_pending && now - q->pending_ms[d] > 1000)
+            q->usage[d].pending = 0;
+}
+
+/* Ready to decide leads: the pick state is loaded for this quarter hour. */
+static bool pick_ready(struct rq *q)
+{
+    if (q->synced && redis_now_ms(q) / 900000 != q->sync_quarter)
+        q->synced = false;
+    if (!q->synced) {
+        if (!q->syncing)
+            start_sync(q);
+        return false;
+    }
+    forget_old_depths(q);
+    return ensure_scratch(q);
+}
+
 /* ------------------------------------------------------------- input --- */
 
 static void on_read(redisAsyncContext *ac, void *reply, void *priv);
 static void on_group(redisAsyncContext *ac, void *reply, void *priv);
 
+static void reroute_lead(struct rq *q, const struct note *n, const char *payload, size_t plen, const char *same);
+static int add_redo(struct rq *q, struct batch *b, struct redo *r, int64_t now);
+
+/* Starts a batch in b for the current table. */
+static int begin(struct rq *q, struct batch *b, enum commit_mode mode, int64_t now)
+{
+    b->n_notes = 0;
+    b->gen = q->table_gen;
+    return commit_begin(&b->args, q->cfg, mode, q->consumer, mode == COMMIT_LIST ? q->proc : NULL, now);
+}
+
+/* Leads refused by the last commits are decided again first. */
+static bool run_redo(struct rq *q)
+{
+    if (!q->redo_head)
+        return false;
+    struct batch *b = &q->input;
+    int64_t now = redis_now_ms(q);
+    enum commit_mode mode = q->cfg->input.mode == INPUT_LIST ? COMMIT_LIST : COMMIT_STREAM;
+    int rc = begin(q, b, mode, now);
+    struct redo *r;
+    while (rc == 0 && (r = q->redo_head)) {
+        q->redo_head = r->next;
+        if (!q->redo_head)
+            q->redo_tail = &q->redo_head;
+        q->n_redo--;
+        if (r->mode == COMMIT_RETURN)
+            reroute_lead(q, &r->note, r->payload, r->len, r->same);
+        else
+            rc = add_redo(q, b, r, now);
+        redo_free(r);
+    }
+    if (rc != 0) {
+        q->st.errors++;
+        log_error("out of memory deciding leads again: they stay pending for recovery");
+    } else if (commit_count(&b->args) > 0) {
+        send_batch(q, b);
+    }
+    return q->inflight > 0;
+}
+
 static void read_next(struct rq *q)
 {
     if (q->stopping || q->reading || !q->ready || q->inflight > 0 || q->recovering)
+        return;
+    if (!pick_ready(q) || run_redo(q))
         return;
     const struct cfg *c = q->cfg;
     int rc;
@@ -312,7 +836,7 @@ static void read_next(struct rq *q)
 static void on_read(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     q->reading = false;
     if (!r) { /* disconnected: reading starts again once reconnected */
@@ -334,7 +858,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     struct batch *b = &q->input;
     enum commit_mode mode = q->cfg->input.mode == INPUT_LIST ? COMMIT_LIST : COMMIT_STREAM;
     int64_t now = redis_now_ms(q);
-    int rc = ensure_scratch(q) ? commit_begin(&b->args, q->cfg, mode, q->consumer, q->proc, now) : -1;
+    int rc = ensure_scratch(q) ? begin(q, b, mode, now) : -1;
     if (mode == COMMIT_LIST) {
         if (r->type == REDIS_REPLY_STRING && rc == 0) {
             snprintf(b->ref, sizeof b->ref, "list");
@@ -361,7 +885,7 @@ struct ret {
     char dealer[128];
 };
 
-static struct batch *return_batch(struct rq *q, const struct ret *rt)
+static struct batch *return_batch(struct rq *q, const char *ref)
 {
     struct batch *b = calloc(1, sizeof *b);
     if (!b)
@@ -369,10 +893,9 @@ static struct batch *return_batch(struct rq *q, const struct ret *rt)
     b->q = q;
     b->dynamic = true;
     b->is_return = true;
-    snprintf(b->ref, sizeof b->ref, "%s", rt->ref);
-    if (commit_begin(&b->args, q->cfg, COMMIT_RETURN, q->consumer, NULL, redis_now_ms(q)) != 0) {
-        commit_args_free(&b->args);
-        free(b);
+    snprintf(b->ref, sizeof b->ref, "%s", ref);
+    if (begin(q, b, COMMIT_RETURN, redis_now_ms(q)) != 0) {
+        batch_free(b);
         return NULL;
     }
     return b;
@@ -380,16 +903,18 @@ static struct batch *return_batch(struct rq *q, const struct ret *rt)
 
 static void commit_return_dead(struct rq *q, const struct ret *rt, const char *why)
 {
-    struct batch *b = return_batch(q, rt);
+    struct batch *b = return_batch(q, rt->ref);
     struct commit_src src = {.ref = rt->ref, .payload = rt->lead_id, .payload_len = strlen(rt->lead_id),
                              .attempt = 1};
-    if (!b || commit_add_dead(&b->args, &src, why) != 0) {
+    struct note *n = b ? new_note(b) : NULL;
+    if (!n || commit_add_dead(&b->args, &src, why) != 0) {
         if (b)
-            commit_args_free(&b->args);
-        free(b);
+            batch_free(b);
         q->st.errors++;
         return;
     }
+    snprintf(n->ref, sizeof n->ref, "%s", rt->ref);
+    snprintf(n->error, sizeof n->error, "bad_return");
     send_batch(q, b);
 }
 
@@ -417,52 +942,72 @@ static bool in_list(const char *list, const char *item)
     return false;
 }
 
-/* Re-routes a returned lead to one dealer that has not had it. */
-static void reroute(struct rq *q, const struct ret *rt, const char *dealers, const char *attempt, const char *payload,
-                    size_t plen)
+/* Routes a returned lead again (n: its ref, the next attempt and the
+ * dealers that had it), to one dealer that has not had it. */
+static void reroute_lead(struct rq *q, const struct note *n, const char *payload, size_t plen, const char *same)
 {
     const struct cfg *c = q->cfg;
     char err[256];
+    struct ret rt = {.q = q};
+    snprintf(rt.ref, sizeof rt.ref, "%s", n->ref);
     if (!ensure_scratch(q) || codec_lead_decode(q->codec, payload, plen, SIZE_MAX, err, sizeof err) != 0) {
-        commit_return_dead(q, rt, "bad_return: the recorded lead cannot be decoded");
+        commit_return_dead(q, &rt, "bad_return: the recorded lead cannot be decoded");
         return;
     }
-    struct batch *b = return_batch(q, rt);
-    if (!b) {
+    struct batch *b = return_batch(q, n->ref);
+    struct note *bn = b ? new_note(b) : NULL;
+    if (!bn || (n->had && !(bn->had = strdup(n->had)))) {
+        if (b)
+            batch_free(b);
         q->st.errors++;
         return;
     }
+    char *had = bn->had;
+    *bn = *n;
+    bn->had = had;
+    const char *dealers = had ? had : "";
     uint32_t exclude[64], n_ex = 0;
     for (const char *p = dealers; *p && n_ex < 64;) {
         const char *e = strchr(p, ',');
-        size_t n = e ? (size_t)(e - p) : strlen(p);
-        int di = rules_dealer_find(c->rules, p, n);
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        int di = rules_dealer_find(c->rules, p, len);
         if (di >= 0)
             exclude[n_ex++] = (uint32_t)di;
-        p += n + (e ? 1 : 0);
+        p += len + (e ? 1 : 0);
     }
-    int64_t now = redis_now_ms(q);
-    struct rules_input in = {
-        .now_ms = now, .paused = q->paused, .weight = q->weight, .exclude = exclude, .n_exclude = n_ex};
-    struct rules_decision d;
     const struct lead *l = codec_lead_get(q->codec);
-    rules_decide(c->rules, q->scratch, l, &in, &d);
-    struct commit_src src = {.ref = rt->ref, .payload = payload, .payload_len = plen, .attempt = atoi(attempt) + 1,
-                             .had = dealers};
-    if (commit_add_route(&b->args, c, COMMIT_RETURN, &src, l, &d, now) != 0) {
-        commit_args_free(&b->args);
-        free(b);
+    copy_label(bn->source, sizeof bn->source, l->source);
+    struct commit_src src = {.ref = n->ref, .payload = payload, .payload_len = plen, .attempt = n->attempt,
+                             .had = dealers, .same_done = n->same_done};
+    if (route_lead(q, b, bn, &src, l, exclude, n_ex, same, redis_now_ms(q)) != 0) {
+        batch_free(b);
         q->st.errors++;
         return;
     }
     send_batch(q, b);
 }
 
+/* A redo of an input lead: decoded and routed again into b. */
+static int add_redo(struct rq *q, struct batch *b, struct redo *r, int64_t now)
+{
+    char err[256];
+    struct note *n = new_note(b);
+    if (!n)
+        return -1;
+    *n = r->note;
+    n->had = NULL;
+    struct commit_src src = {.ref = n->ref, .payload = r->payload, .payload_len = r->len, .attempt = n->attempt,
+                             .same_done = n->same_done};
+    if (codec_lead_decode(q->codec, r->payload, r->len, SIZE_MAX, err, sizeof err) != 0)
+        return commit_add_dead(&b->args, &src, err); /* decoded before: cannot happen */
+    return route_lead(q, b, n, &src, codec_lead_get(q->codec), NULL, 0, r->same, now);
+}
+
 /* The lead record arrived: route the lead again, or dead-letter a return
  * that names no lead or a dealer that never had it. */
 static void on_record(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    heard(ac);
     struct ret *rt = priv;
     struct rq *q = rt->q;
     redisReply *r = reply;
@@ -475,8 +1020,11 @@ static void on_record(redisAsyncContext *ac, void *reply, void *priv)
             commit_return_dead(q, rt, "bad_return: unknown lead");
         else if (!in_list(dealers, rt->dealer))
             commit_return_dead(q, rt, "bad_return: that dealer never had the lead");
-        else
-            reroute(q, rt, dealers, attempt, payload, plen);
+        else {
+            struct note n = {.attempt = atoi(attempt) + 1, .t0_ms = redis_now_ms(q), .had = (char *)dealers};
+            snprintf(n.ref, sizeof n.ref, "%s", rt->ref);
+            reroute_lead(q, &n, payload, plen, NULL);
+        }
     } /* else disconnected: the return stays pending */
     free(rt);
     settle(q);
@@ -485,7 +1033,7 @@ static void on_record(redisAsyncContext *ac, void *reply, void *priv)
 static void on_returns(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     q->polling_returns = false;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements != 1) {
@@ -521,7 +1069,7 @@ static void on_returns_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct rq *q = arg;
-    if (q->ready && q->wr_up && !q->stopping && !q->polling_returns)
+    if (q->ready && q->wr_up && q->synced && !q->stopping && !q->polling_returns)
         q->polling_returns = redisAsyncCommand(q->wr, on_returns, NULL,
                                                "XREADGROUP GROUP %s %s COUNT 64 STREAMS %s:returns >",
                                                q->cfg->input.group, q->consumer, q->cfg->prefix) == REDIS_OK;
@@ -539,7 +1087,7 @@ static void on_returns_timer(evutil_socket_t fd, short what, void *arg)
 static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     q->recovering = false;
     q->inflight--;
@@ -550,7 +1098,7 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
                      q->n_claim - (int)r->elements, q->n_claim);
         struct batch *b = &q->recov;
         int64_t now = redis_now_ms(q);
-        int rc = ensure_scratch(q) ? commit_begin(&b->args, q->cfg, COMMIT_STREAM, q->consumer, NULL, now) : -1;
+        int rc = ensure_scratch(q) ? begin(q, b, COMMIT_STREAM, now) : -1;
         if (rc == 0)
             rc = add_entries(q, b, r, now);
         if (rc != 0) {
@@ -571,7 +1119,7 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
 static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     q->inflight--;
     q->n_claim = 0;
@@ -614,11 +1162,77 @@ static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
+/* List mode: each consumer keeps <p>:alive:<name> (with a TTL) while it
+ * runs and is registered in <p>:consumers; a registered consumer without
+ * that key is gone, and its processing list goes back to the input, oldest
+ * lead first in line. A bounded SCAN step per round registers processing
+ * lists nobody registered (left by older versions or by hand). A consumer
+ * that was only frozen finds its list gone when it wakes: its commits fail
+ * the fence (LPOS) and write nothing. */
+static const char list_recover_lua[] =
+    "local p, me, ttl, cursor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
+    "local reg, pre = p .. ':consumers', p .. ':in:processing:'\n"
+    "redis.call('SET', p .. ':alive:' .. me, '1', 'PX', ttl)\n"
+    "redis.call('SADD', reg, me)\n"
+    "local sc = redis.call('SCAN', cursor, 'MATCH', pre .. '*', 'COUNT', 1000)\n"
+    "for _, k in ipairs(sc[2]) do redis.call('SADD', reg, string.sub(k, #pre + 1)) end\n"
+    "local moved = 0\n"
+    "for _, c in ipairs(redis.call('SMEMBERS', reg)) do\n"
+    "  if c ~= me and redis.call('EXISTS', p .. ':alive:' .. c) == 0 then\n"
+    "    local pl = pre .. c\n"
+    "    for _ = 1, 100000 do\n"
+    "      if not redis.call('LMOVE', pl, p .. ':in', 'LEFT', 'RIGHT') then break end\n"
+    "      moved = moved + 1\n"
+    "    end\n"
+    "    if redis.call('EXISTS', pl) == 0 then redis.call('SREM', reg, c) end\n"
+    "  end\n"
+    "end\n"
+    "return {moved, sc[1]}\n";
+
+static void on_list_recover(redisAsyncContext *ac, void *reply, void *priv)
+{
+    (void)priv;
+    struct rq *q = heard(ac);
+    redisReply *r = reply;
+    q->list_recovering = false;
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2 && r->element[1]->type == REDIS_REPLY_STRING) {
+        q->scan_cursor = strtoull(r->element[1]->str, NULL, 10);
+        if (r->element[0]->integer > 0) {
+            log_warn("recovery: %lld leads of stopped consumers' processing lists went back to %s:in",
+                     r->element[0]->integer, q->cfg->prefix);
+            q->st.recovered += (uint64_t)r->element[0]->integer;
+        }
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        log_error("recovery of processing lists: %s", r->str);
+    }
+}
+
+static int recover_period_ms(const struct rq *q)
+{
+    int ms = q->cfg->input.claim_idle_ms / 2;
+    return ms < 200 ? 200 : ms > 5000 ? 5000 : ms;
+}
+
+static void recover_lists(struct rq *q)
+{
+    char ttl[32], cursor[32];
+    int t = 3 * recover_period_ms(q);
+    snprintf(ttl, sizeof ttl, "%d", t > q->cfg->input.claim_idle_ms ? t : q->cfg->input.claim_idle_ms);
+    snprintf(cursor, sizeof cursor, "%llu", q->scan_cursor);
+    const char *argv[] = {"EVAL", list_recover_lua, "0", q->cfg->prefix, q->consumer, ttl, cursor};
+    size_t len[7];
+    for (int i = 0; i < 7; i++)
+        len[i] = strlen(argv[i]);
+    q->list_recovering = redisAsyncCommandArgv(q->wr, on_list_recover, NULL, 7, argv, len) == REDIS_OK;
+}
+
 static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct rq *q = arg;
+    if (q->ready && q->wr_up && !q->stopping && !q->list_recovering && q->cfg->input.mode == INPUT_LIST)
+        recover_lists(q);
     if (q->ready && q->wr_up && !q->stopping && !q->recovering && !q->recov.busy &&
         q->cfg->input.mode == INPUT_STREAM) {
         int n = q->cfg->input.batch < 1024 ? q->cfg->input.batch : 1024;
@@ -630,11 +1244,60 @@ static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
             q->recovering = false;
         }
     }
-    int ms = q->cfg->input.claim_idle_ms / 2;
-    ms = ms < 200 ? 200 : ms > 5000 ? 5000 : ms;
+    int ms = recover_period_ms(q);
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     if (!q->stopping)
         evtimer_add(q->recover_ev, &tv);
+}
+
+/* ----------------------------------------------------------- watchdog --- */
+
+/* hiredis 0.14 has no command timeouts: a server that stops answering
+ * (CLIENT PAUSE, DEBUG SLEEP, a stopped process) would stall us forever.
+ * Every WATCH_MS, a connection with a command unanswered for longer than
+ * HUNG_MS (plus the read's own block time) is freed here, from a timer,
+ * never inside its own callback. Freeing calls the pending callbacks with
+ * no reply: commits are marked to be sent again, which the script makes
+ * safe; then the disconnect path reconnects. */
+static void drop_hung(struct rq *q, redisAsyncContext *ac, bool is_wr, int64_t silent)
+{
+    log_warn("redis: no reply on the %s connection for %lld ms (server hung?): dropping it and reconnecting",
+             is_wr ? "commit" : "read", (long long)silent);
+    bool connected = (ac->c.flags & REDIS_CONNECTED) != 0;
+    redisAsyncFree(ac); /* on_disconnect follows only for a connected context */
+    if (!connected) {
+        if (is_wr) {
+            q->wr = NULL;
+            q->wr_up = false;
+        } else {
+            q->rd = NULL;
+            q->rd_up = false;
+            q->reading = false;
+        }
+        q->ready = false;
+        schedule_reconnect(q);
+    }
+}
+
+static void on_watch(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rq *q = arg;
+    int64_t now = mono_ms();
+    for (int w = 0; w < 2 && !q->exited; w++) {
+        redisAsyncContext *ac = w ? q->wr : q->rd;
+        if (!ac || !ac->replies.head) { /* nothing awaited: idle is not hung */
+            q->heard_ms[w] = now;
+            continue;
+        }
+        int64_t silent = now - q->heard_ms[w];
+        if (silent > HUNG_MS + (w ? 0 : READ_BLOCK_MS))
+            drop_hung(q, ac, w == 1, silent);
+    }
+    struct timeval tv = {WATCH_MS / 1000, (WATCH_MS % 1000) * 1000};
+    if (!q->exited)
+        evtimer_add(q->watch_ev, &tv);
 }
 
 /* ------------------------------------------------------- connections --- */
@@ -648,6 +1311,8 @@ static void become_ready(struct rq *q)
     if (q->stats)
         stats_set_redis_up(q->stats, true);
     q->backoff_ms = BACKOFF_MIN_MS;
+    q->synced = false; /* Redis may have restarted: load the pick state again */
+    q->syncing = false;
     log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
     /* Commits whose replies were lost with the old connection go again. */
     if (q->input.busy && q->input.resend)
@@ -661,6 +1326,7 @@ static void become_ready(struct rq *q)
         struct timeval tv = {0, RETURNS_POLL_MS * 1000};
         evtimer_add(q->returns_ev, &tv);
         on_recover_timer(-1, 0, q);
+        on_watch(-1, 0, q);
     }
     read_next(q);
 }
@@ -675,7 +1341,7 @@ static bool fatal_auth(const redisReply *r)
 static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     if (fatal_auth(r)) {
         log_error("redis refused our credentials: %s (check redis.username / redis.password)", r->str);
@@ -695,7 +1361,7 @@ static void setup_done(struct rq *q)
 
 static void on_group(redisAsyncContext *ac, void *reply, void *priv)
 {
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
         log_error("creating the consumer group: %s", r->str);
@@ -706,7 +1372,7 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv)
 static void on_script(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     if (r && r->type == REDIS_REPLY_STRING && r->len == 40)
         memcpy(q->sha, r->str, 41);
@@ -719,7 +1385,7 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv)
 static void on_time(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     redisReply *r = reply;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
         int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
@@ -731,7 +1397,7 @@ static void on_time(redisAsyncContext *ac, void *reply, void *priv)
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct rq *q = ac->data;
+    struct rq *q = heard(ac);
     bool is_wr = ac == q->wr;
     if (status != REDIS_OK) {
         /* hiredis frees the context after this callback; no disconnect
@@ -847,9 +1513,10 @@ struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, siz
     q->retry_ev = evtimer_new(base, on_retry, q);
     q->returns_ev = evtimer_new(base, on_returns_timer, q);
     q->recover_ev = evtimer_new(base, on_recover_timer, q);
+    q->watch_ev = evtimer_new(base, on_watch, q);
     q->claim_ids = calloc(1024, sizeof *q->claim_ids);
     q->claim_deliveries = calloc(1024, sizeof *q->claim_deliveries);
-    if (!q->codec || !q->retry_ev || !q->returns_ev || !q->recover_ev || !q->claim_ids || !q->claim_deliveries) {
+    if (!q->codec || !q->retry_ev || !q->returns_ev || !q->recover_ev || !q->watch_ev || !q->claim_ids || !q->claim_deliveries) {
         rq_free(q);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -863,6 +1530,7 @@ struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, siz
     snprintf(q->consumer, sizeof q->consumer, "%s:%d:%08lx", host, (int)getpid(), (unsigned long)random());
     snprintf(q->proc, sizeof q->proc, "%s:in:processing:%s", cfg->prefix, q->consumer);
     q->backoff_ms = BACKOFF_MIN_MS;
+    q->redo_tail = &q->redo_head;
     return q;
 }
 
@@ -899,11 +1567,47 @@ void rq_stop(struct rq *q)
     maybe_finish(q);
 }
 
+static int niche_find(const struct rules_table *t, const char *name)
+{
+    for (uint32_t i = 0; i < t->n_niches; i++)
+        if (strcmp(t->niches[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
 void rq_set_config(struct rq *q, const struct cfg *cfg)
 {
     /* Commits in flight carry their own arguments: nothing refers to the
-     * old config after this, except the scratch sized for its table. */
+     * old config after this, except the scratch and the pick state sized
+     * for its table. The pick state carries over by dealer id and niche
+     * name (rotation fairness survives a reload), then loads again. */
+    const struct rules_table *old = q->cfg->rules;
+    int64_t *orr = q->rr;
+    struct rules_usage *ousage = q->usage;
+    q->rr = NULL;
+    q->usage = NULL;
     q->cfg = cfg;
+    q->table_gen++;
+    q->synced = false;
+    q->syncing = false;
+    if (orr && ousage && alloc_state(q)) {
+        const struct rules_table *t = cfg->rules;
+        for (uint32_t d = 0; d < t->n_dealers; d++) {
+            int od = rules_dealer_find(old, t->dealers[d].id, strlen(t->dealers[d].id));
+            if (od < 0)
+                continue;
+            q->usage[d] = ousage[od];
+            for (uint32_t k = 0; k < t->dealers[d].n_niches; k++) {
+                uint32_t ni = t->dealers[d].niches[k];
+                int on = niche_find(old, t->niches[ni].name);
+                int slot = rules_rr_slot(t, d, ni), oslot = on >= 0 ? rules_rr_slot(old, (uint32_t)od, (uint32_t)on) : -1;
+                if (slot >= 0 && oslot >= 0)
+                    q->rr[slot] = orr[oslot];
+            }
+        }
+    }
+    free(orr);
+    free(ousage);
     rules_scratch_free(q->scratch);
     q->scratch = NULL;
     q->scratch_for = NULL;
@@ -929,7 +1633,7 @@ struct cmd_ctx {
 
 static void on_command(redisAsyncContext *ac, void *reply, void *priv)
 {
-    (void)ac;
+    heard(ac);
     struct cmd_ctx *cc = priv;
     cc->cb(reply, cc->priv);
     free(cc);
@@ -977,7 +1681,20 @@ void rq_free(struct rq *q)
         event_free(q->returns_ev);
     if (q->recover_ev)
         event_free(q->recover_ev);
+    if (q->watch_ev)
+        event_free(q->watch_ev);
     free(q->claim_ids);
     free(q->claim_deliveries);
+    free(q->input.notes);
+    free(q->recov.notes);
+    for (struct redo *r = q->redo_head, *nx; r; r = nx) {
+        nx = r->next;
+        redo_free(r);
+    }
+    free(q->rr);
+    free(q->usage);
+    free(q->pending_ms);
+    free(q->rrsnap);
+    free(q->moves);
     free(q);
 }

@@ -150,7 +150,7 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
 {
     if (d->reason != REASON_ASSIGNED)
         return 0;
-    uint32_t k = (uint32_t)t->niches[d->niche].max_buyers;
+    uint32_t k = in->max_buyers ? in->max_buyers : (uint32_t)t->niches[d->niche].max_buyers;
     uint32_t lo = 0;
     for (int stage = 0; stage < 2 && d->n_picked == 0; stage++) {
         uint32_t hi = d->stage_end[stage];

@@ -1442,11 +1442,23 @@ static void print_redis_costs(size_t leads, int64_t redis_cpu_us)
     double ev = commandstat(r->str, "evalsha", "usec_per_call"),
            evn = commandstat(r->str, "evalsha", "calls");
     double xr = commandstat(r->str, "xreadgroup", "calls");
-    freeReplyObject(r);
     printf("redis: CPU %.2f us/lead (main thread and all); commit script (EVALSHA) %.2f us per call, %.0f "
            "calls; "
            "%.0f XREADGROUP (%.1f leads per read)\n",
            (double)redis_cpu_us / (double)leads, ev, evn, xr, xr > 0 ? (double)leads / xr : 0.0);
+    /* Where the script's time goes: the commands it calls, per lead. */
+    printf("redis: commands per lead (calls, us):");
+    for (const char *l = strstr(r->str, "cmdstat_"); l; l = strstr(l + 1, "\ncmdstat_")) {
+        if (*l == '\n')
+            l++;
+        char name[64];
+        double calls, usec;
+        if (sscanf(l, "cmdstat_%63[^:]:calls=%lf,usec=%lf", name, &calls, &usec) == 3 &&
+            strcmp(name, "evalsha") != 0 && strcmp(name, "xreadgroup") != 0)
+            printf(" %s %.2f/%.2f", name, calls / (double)leads, usec / (double)leads);
+    }
+    printf("\n");
+    freeReplyObject(r);
 }
 
 /* The fixed-rate phase: the daemon runs and is idle; R leads/s for S s in

@@ -4,6 +4,7 @@
 #ifndef LEADROUTER_COMMIT_H
 #define LEADROUTER_COMMIT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,11 +24,22 @@ struct commit_args {
     char *buf;
     size_t used, bufcap;
     int leads;
-    /* The dealers the batch's candidates name, in first-seen order. */
-    const struct rules_table *table; /* ref: what dpos is sized for */
-    uint32_t *dpos;  /* per dealer of table: position in dlist + 1, 0 = absent */
+    /* The dealers the batch picks and the rotation slots it moves, in
+     * first-seen order (positions from 1 in the script's tables). */
+    const struct rules_table *table; /* ref: what dpos and rrpos are sized for */
+    uint32_t *dpos;  /* per dealer of table: position in dlist, 0 = absent */
     uint32_t *dlist;
     uint32_t nd;
+    uint32_t *rrpos; /* per rotation slot of table: position in rrlist, 0 = absent */
+    uint32_t *rrlist;
+    uint32_t nrr;
+    char prefix[128];
+};
+
+/* A rotation move of one lead: slot (niche * n_dealers + dealer) += delta. */
+struct commit_rr {
+    uint32_t slot;
+    int64_t delta;
 };
 
 /* One lead of a batch: where it came from and which attempt this is. */
@@ -37,6 +49,7 @@ struct commit_src {
     size_t payload_len;
     int attempt;
     const char *had;       /* dealers that had it already (returns), comma list */
+    bool same_done;        /* dedup same_dealer already applied by the daemon */
 };
 
 /* A batch: begin, then one commit_add_* per lead, then end. argv[0..2] are
@@ -44,13 +57,21 @@ struct commit_src {
  * returns 0, or -1 when out of memory. */
 int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const char *consumer,
                  const char *plist, int64_t now_ms) LR_WUR;
-int commit_add_route(struct commit_args *a, const struct cfg *c, enum commit_mode mode, const struct commit_src *src,
-                     const struct lead *l, struct rules_decision *d, int64_t now_ms) LR_WUR;
+/* d as rules_pick left it: the picks (or the unassigned reason) and every
+ * verdict; rr: the rotation moves of the pick, sent only when it assigns. */
+int commit_add_route(struct commit_args *a, const struct cfg *c, const struct commit_src *src, const struct lead *l,
+                     const struct rules_decision *d, const struct commit_rr *rr, uint32_t n_rr) LR_WUR;
 int commit_add_dead(struct commit_args *a, const struct commit_src *src, const char *error) LR_WUR;
-/* Writes the dealer table (buckets for now_ms; weight: runtime weights per
- * dealer, NULL for the config's) and the lead count; the argv is ready to
- * send until the next begin. 0, or -1 out of memory. */
-int commit_end(struct commit_args *a, const uint32_t *weight, int64_t now_ms) LR_WUR;
+/* Writes the dealer and rotation tables (buckets for now_ms) and the lead
+ * count; the argv is ready to send until the next begin. 0, or -1 out of
+ * memory. */
+int commit_end(struct commit_args *a, int64_t now_ms) LR_WUR;
+/* The reply's positions back to the dealer / rotation slot of the batch's
+ * table (UINT32_MAX when out of range). */
+uint32_t commit_dealer_at(const struct commit_args *a, uint64_t pos);
+uint32_t commit_rr_at(const struct commit_args *a, uint64_t pos);
+/* The raw payload of the batch's lead k (from 0), or NULL. */
+const char *commit_payload(const struct commit_args *a, int k, size_t *len);
 /* Leads in the batch. */
 int commit_count(const struct commit_args *a);
 void commit_args_free(struct commit_args *a);

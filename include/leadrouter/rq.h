@@ -18,6 +18,7 @@ struct stats;
 /* Process-lifetime counters (SPEC section 6: this process's, since start). */
 struct rq_stats {
     uint64_t received, assigned, unassigned, dead, returns, stale, errors, recovered;
+    uint64_t redone; /* leads decided again: Redis's counters disagreed with ours */
     bool redis_up;
 };
 

@@ -75,6 +75,7 @@ struct rules_input {
     const struct rules_usage *usage; /* per dealer; NULL: all zero */
     const uint32_t *exclude;         /* dealers that already had this lead */
     uint32_t n_exclude;
+    uint32_t max_buyers;             /* 0: the niche's (a return asks for 1) */
 };
 
 /* The decision. Arrays point into the scratch that produced it. */
