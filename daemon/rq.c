@@ -1656,6 +1656,12 @@ int rq_command(struct rq *q, int argc, const char **argv, const size_t *argvlen,
     return 0;
 }
 
+void rq_pick_state(const struct rq *q, const int64_t **rr, const struct rules_usage **usage)
+{
+    *rr = q->rr;
+    *usage = q->usage;
+}
+
 const struct rq_stats *rq_stats(const struct rq *q)
 {
     return &q->st;

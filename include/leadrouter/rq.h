@@ -9,6 +9,7 @@
 
 #include "leadrouter/common.h"
 #include "leadrouter/config.h"
+#include "leadrouter/rules.h"
 
 struct event_base;
 struct redisReply;
@@ -50,6 +51,13 @@ void rq_set_stats(struct rq *q, struct stats *st);
  * weights (>= 1). NULL: none paused / the config's weights. The caller keeps
  * the arrays alive and calls this again after each rq_set_config. */
 void rq_set_controls(struct rq *q, const uint8_t *paused, const uint32_t *weight);
+
+/* The live pick state of the current table, for explain and `dealers`:
+ * rotation values (t->n_rr_slots) and per-dealer counters (cap usage in the
+ * current buckets, queue depths) as the daemon last learned them from
+ * Redis. Either may be NULL before the first load. Valid until the next
+ * event-loop turn. */
+void rq_pick_state(const struct rq *q, const int64_t **rr, const struct rules_usage **usage);
 
 /* Sends one command on the commit connection, for ops (e.g. `why`, the cap
  * counters of `dealers`). cb gets the reply, or NULL if the connection
