@@ -148,6 +148,26 @@ static int64_t redis_now_ms(const struct rq *q)
     return wall_ms() + q->time_offset_ms;
 }
 
+static bool fatal_auth(const redisReply *r)
+{
+    return r && r->type == REDIS_REPLY_ERROR &&
+           (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOPERM", 6) == 0 ||
+            strncmp(r->str, "NOAUTH", 6) == 0 || strstr(r->str, "invalid password") != NULL);
+}
+
+static void finish(struct rq *q, int code);
+
+/* Redis refuses us (no or wrong password, an ACL user without the rights):
+ * retrying cannot help. true when the daemon is on its way out (exit 2). */
+static bool refused(struct rq *q, const redisReply *r)
+{
+    if (!fatal_auth(r))
+        return false;
+    log_error("redis refused us: %s (check redis.username / redis.password and the user's ACL rights)", r->str);
+    finish(q, 2);
+    return true;
+}
+
 static void finish(struct rq *q, int code)
 {
     if (q->exited)
@@ -381,6 +401,8 @@ static void on_commit(redisAsyncContext *ac, void *reply, void *priv)
         b->resend = true;
         return;
     }
+    if (refused(q, r))
+        return;
     if (r->type == REDIS_REPLY_ERROR) {
         if (strncmp(r->str, "NOSCRIPT", 8) == 0) { /* Redis restarted: EVAL loads it again */
             send_commit(q, b, true);
@@ -781,6 +803,10 @@ static int add_redo(struct rq *q, struct batch *b, struct redo *r, int64_t now);
 /* Starts a batch in b for the current table. */
 static int begin(struct rq *q, struct batch *b, enum commit_mode mode, int64_t now)
 {
+    /* Before the first load (e.g. recovery at start-up) the view is empty:
+     * the script still has the last word on caps. */
+    if (!q->usage && !alloc_state(q))
+        return -1;
     b->n_notes = 0;
     b->gen = q->table_gen;
     return commit_begin(&b->args, q->cfg, mode, q->consumer, mode == COMMIT_LIST ? q->proc : NULL, now);
@@ -838,6 +864,8 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     struct rq *q = heard(ac);
     redisReply *r = reply;
+    if (refused(q, r))
+        return;
     q->reading = false;
     if (!r) { /* disconnected: reading starts again once reconnected */
         maybe_finish(q);
@@ -1121,6 +1149,8 @@ static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     struct rq *q = heard(ac);
     redisReply *r = reply;
+    if (refused(q, r))
+        return;
     q->inflight--;
     q->n_claim = 0;
     if (!r || r->type != REDIS_REPLY_ARRAY || r->elements == 0 || q->stopping || !q->wr_up) {
@@ -1331,21 +1361,14 @@ static void become_ready(struct rq *q)
     read_next(q);
 }
 
-static bool fatal_auth(const redisReply *r)
-{
-    return r && r->type == REDIS_REPLY_ERROR &&
-           (strncmp(r->str, "WRONGPASS", 9) == 0 || strncmp(r->str, "NOPERM", 6) == 0 ||
-            strncmp(r->str, "NOAUTH", 6) == 0 || strstr(r->str, "invalid password") != NULL);
-}
 
 static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
 {
     (void)priv;
     struct rq *q = heard(ac);
     redisReply *r = reply;
-    if (fatal_auth(r)) {
-        log_error("redis refused our credentials: %s (check redis.username / redis.password)", r->str);
-        finish(q, 2);
+    if (refused(q, r)) {
+        return;
     } else if (r && r->type == REDIS_REPLY_ERROR) {
         log_error("redis: %s", r->str);
     }
@@ -1363,6 +1386,8 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv)
 {
     struct rq *q = heard(ac);
     redisReply *r = reply;
+    if (refused(q, r))
+        return;
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
         log_error("creating the consumer group: %s", r->str);
     if (priv)
@@ -1374,6 +1399,8 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     struct rq *q = heard(ac);
     redisReply *r = reply;
+    if (refused(q, r))
+        return;
     if (r && r->type == REDIS_REPLY_STRING && r->len == 40)
         memcpy(q->sha, r->str, 41);
     else if (r)
@@ -1387,6 +1414,8 @@ static void on_time(redisAsyncContext *ac, void *reply, void *priv)
     (void)priv;
     struct rq *q = heard(ac);
     redisReply *r = reply;
+    if (refused(q, r))
+        return;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
         int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
         q->time_offset_ms = redis_ms - wall_ms();
