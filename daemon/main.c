@@ -1,19 +1,25 @@
 /* main.c - leadrouterd: command line, config check (-t), and the daemon:
- * event loop, signals, reload, systemd notifications. Exit codes: 0 ok, 1 bad config or arguments, 2 Redis
- * unreachable at start-up, 70 internal error. */
+ * event loop, signals, reload (SIGHUP and the admin `reload`), the admin
+ * socket, statistics and the runtime controls ops set, systemd
+ * notifications. Exit codes: 0 ok, 1 bad config or arguments (including an
+ * admin socket that cannot be created), 2 Redis unreachable at start-up,
+ * 70 internal error. */
 #include <event2/event.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
+#include "leadrouter/admin.h"
 #include "leadrouter/config.h"
 #include "leadrouter/log.h"
 #include "leadrouter/rq.h"
 #include "leadrouter/rules.h"
+#include "leadrouter/stats.h"
 
 #define DEFAULT_CONFIG "/etc/leadrouter/leadrouter.conf"
 
@@ -39,7 +45,8 @@ static void describe(const struct rules_table *t)
     printf("\n%-18s %-12s %-6s %-8s %s\n", "NICHE", "STRATEGY", "BUYERS", "DEALERS", "SOURCES");
     for (uint32_t i = 0; i < t->n_niches; i++) {
         const struct rules_niche *n = &t->niches[i];
-        printf("%-18s %-12s %-6d %-8u", n->name, rules_strategy_str(n->strategy), n->max_buyers, n->n_members);
+        printf("%-18s %-12s %-6d %-8u", n->name, rules_strategy_str(n->strategy), n->max_buyers,
+               n->n_members);
         for (uint32_t k = 0; k < n->n_sources; k++)
             printf("%s%s", k ? "," : "", n->sources[k]);
         printf("\n");
@@ -52,9 +59,11 @@ static void describe(const struct rules_table *t)
         int o = 0;
         snprintf(caps, sizeof caps, "%u/%u/%u/%u", d->caps[0], d->caps[1], d->caps[2], d->caps[3]);
         if (d->n_states)
-            o += snprintf(terr + o, sizeof terr - (size_t)o, "%u state%s ", d->n_states, d->n_states > 1 ? "s" : "");
+            o += snprintf(terr + o, sizeof terr - (size_t)o, "%u state%s ", d->n_states,
+                          d->n_states > 1 ? "s" : "");
         if (d->n_zips)
-            o += snprintf(terr + o, sizeof terr - (size_t)o, "%u zip%s ", d->n_zips, d->n_zips > 1 ? "s" : "");
+            o +=
+                snprintf(terr + o, sizeof terr - (size_t)o, "%u zip%s ", d->n_zips, d->n_zips > 1 ? "s" : "");
         if (d->n_prefixes && o < (int)sizeof terr)
             o += snprintf(terr + o, sizeof terr - (size_t)o, "%u prefix ", d->n_prefixes);
         if (d->has_radius && o < (int)sizeof terr)
@@ -91,7 +100,11 @@ struct daemon {
     struct cfg *cfg;
     const char *path;
     struct rq *q;
-    int signals;   /* SIGTERM/SIGINT seen */
+    struct stats *stats;
+    struct admin *admin;
+    struct admin_controls *ctl; /* pause flags and weights, by dealer id */
+    uint64_t generation;        /* 1 at start, +1 per successful reload */
+    int signals;                /* SIGTERM/SIGINT seen */
     int exit_code;
     struct event *ev_term, *ev_int, *ev_hup, *ev_watchdog;
     uint64_t watchdog_usec;
@@ -123,25 +136,67 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     rq_stop(dm->q);
 }
 
-/* SIGHUP: a new config replaces the old one only if it loads cleanly. */
+/* The one reload, for SIGHUP and the admin `reload`: a new config
+ * replaces the old one only if it loads cleanly; the runtime controls are
+ * carried over by dealer id. */
+static int reload(struct daemon *dm, uint64_t *generation, char *err, size_t errlen)
+{
+    struct cfg *nc = NULL;
+    sd_notify(0, "RELOADING=1");
+    int rc = cfg_load(dm->path, &nc, err, errlen);
+    if (rc == 0 && admin_controls_apply(dm->ctl, nc->rules) != 0) {
+        snprintf(err, errlen, "out of memory applying the runtime controls");
+        cfg_free(nc);
+        rc = -1;
+    }
+    if (rc != 0) {
+        log_error("reload failed, the running config stays: %s", err);
+        stats_reload_failed(dm->stats);
+        stats_set_reload_error(dm->stats, err);
+    } else {
+        struct cfg *old = dm->cfg;
+        rq_set_config(dm->q, nc);
+        rq_set_controls(dm->q, admin_controls_paused(dm->ctl), admin_controls_weight(dm->ctl));
+        dm->cfg = nc;
+        dm->generation++;
+        stats_set_config(dm->stats, dm->generation);
+        if (strcmp(old->admin.socket, nc->admin.socket) != 0 || old->admin.mode != nc->admin.mode)
+            log_warn("reload: admin.socket and admin.mode changes take effect at the next start");
+        cfg_free(old);
+        log_info("reloaded %s: generation %llu, %u niches, %u dealers", dm->path,
+                 (unsigned long long)dm->generation, nc->rules->n_niches, nc->rules->n_dealers);
+        if (generation)
+            *generation = dm->generation;
+    }
+    sd_notify(0, "READY=1");
+    return rc;
+}
+
 static void on_hup(evutil_socket_t sig, short what, void *arg)
 {
     (void)sig;
     (void)what;
-    struct daemon *dm = arg;
-    struct cfg *nc = NULL;
     char err[1024];
-    sd_notify(0, "RELOADING=1");
-    if (cfg_load(dm->path, &nc, err, sizeof err) != 0) {
-        log_error("reload failed, the running config stays: %s", err);
-    } else {
-        struct cfg *old = dm->cfg;
-        rq_set_config(dm->q, nc);
-        dm->cfg = nc;
-        cfg_free(old);
-        log_info("reloaded %s: %u niches, %u dealers", dm->path, nc->rules->n_niches, nc->rules->n_dealers);
-    }
-    sd_notify(0, "READY=1");
+    int rc = reload(arg, NULL, err, sizeof err);
+    (void)rc; /* logged by reload */
+}
+
+/* ---- what the admin socket acts on ---- */
+
+static const struct cfg *admin_config(void *ctx)
+{
+    return ((struct daemon *)ctx)->cfg;
+}
+
+static int admin_reload(void *ctx, uint64_t *generation, char *err, size_t errlen)
+{
+    return reload(ctx, generation, err, errlen);
+}
+
+static void admin_controls_changed(void *ctx)
+{
+    struct daemon *dm = ctx;
+    rq_set_controls(dm->q, admin_controls_paused(dm->ctl), admin_controls_weight(dm->ctl));
 }
 
 static void on_watchdog(evutil_socket_t fd, short what, void *arg)
@@ -150,13 +205,35 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct daemon *dm = arg;
     sd_notify(0, "WATCHDOG=1");
-    struct timeval tv = {(time_t)(dm->watchdog_usec / 2 / 1000000), (suseconds_t)(dm->watchdog_usec / 2 % 1000000)};
+    struct timeval tv = {(time_t)(dm->watchdog_usec / 2 / 1000000),
+                         (suseconds_t)(dm->watchdog_usec / 2 % 1000000)};
     evtimer_add(dm->ev_watchdog, &tv);
+}
+
+static void daemon_free(struct daemon *dm)
+{
+    /* The admin first: replies still awaited from Redis are then dropped
+     * when rq_free calls their callbacks. */
+    admin_free(dm->admin);
+    rq_free(dm->q);
+    if (dm->ev_term)
+        event_free(dm->ev_term);
+    if (dm->ev_int)
+        event_free(dm->ev_int);
+    if (dm->ev_hup)
+        event_free(dm->ev_hup);
+    if (dm->ev_watchdog)
+        event_free(dm->ev_watchdog);
+    if (dm->base)
+        event_base_free(dm->base);
+    admin_controls_free(dm->ctl);
+    stats_free(dm->stats);
+    cfg_free(dm->cfg);
 }
 
 static int run_daemon(const char *path)
 {
-    struct daemon dm = {.path = path};
+    struct daemon dm = {.path = path, .generation = 1};
     char err[1024];
     if (cfg_load(path, &dm.cfg, err, sizeof err) != 0) {
         log_error("%s", err);
@@ -164,13 +241,38 @@ static int run_daemon(const char *path)
     }
     signal(SIGPIPE, SIG_IGN);
     dm.base = event_base_new();
-    dm.q = dm.base ? rq_new(dm.base, dm.cfg, err, sizeof err) : NULL;
-    if (!dm.q) {
-        log_error("cannot start: %s", dm.base ? err : "event_base_new failed");
-        cfg_free(dm.cfg);
-        if (dm.base)
-            event_base_free(dm.base);
+    dm.stats = stats_new();
+    dm.ctl = admin_controls_new();
+    if (!dm.base || !dm.stats || !dm.ctl || admin_controls_apply(dm.ctl, dm.cfg->rules) != 0) {
+        log_error("cannot start: out of memory");
+        daemon_free(&dm);
         return 70;
+    }
+    stats_set_config(dm.stats, dm.generation);
+    dm.q = rq_new(dm.base, dm.cfg, err, sizeof err);
+    if (!dm.q) {
+        log_error("cannot start: %s", err);
+        daemon_free(&dm);
+        return 70;
+    }
+    rq_set_stats(dm.q, dm.stats);
+    rq_set_controls(dm.q, admin_controls_paused(dm.ctl), admin_controls_weight(dm.ctl));
+    struct admin_env env = {
+        .stats = dm.stats,
+        .rq = dm.q,
+        .ctl = dm.ctl,
+        .config = admin_config,
+        .reload = admin_reload,
+        .controls_changed = admin_controls_changed,
+        .ctx = &dm,
+    };
+    /* Ops must be able to look in before Redis is up, so the socket comes
+     * first; one that cannot be created is a configuration problem. */
+    dm.admin = admin_new(dm.base, dm.cfg->admin.socket, dm.cfg->admin.mode, &env, err, sizeof err);
+    if (!dm.admin) {
+        log_error("cannot start: %s", err);
+        daemon_free(&dm);
+        return 1;
     }
     dm.ev_term = evsignal_new(dm.base, SIGTERM, on_stop_signal, &dm);
     dm.ev_int = evsignal_new(dm.base, SIGINT, on_stop_signal, &dm);
@@ -190,15 +292,9 @@ static int run_daemon(const char *path)
     log_info("exiting (%d): received %" PRIu64 ", assigned %" PRIu64 ", unassigned %" PRIu64 ", dead %" PRIu64
              ", returns %" PRIu64 ", errors %" PRIu64,
              dm.exit_code, st->received, st->assigned, st->unassigned, st->dead, st->returns, st->errors);
-    rq_free(dm.q);
-    event_free(dm.ev_term);
-    event_free(dm.ev_int);
-    event_free(dm.ev_hup);
-    if (dm.ev_watchdog)
-        event_free(dm.ev_watchdog);
-    event_base_free(dm.base);
-    cfg_free(dm.cfg);
-    return dm.exit_code;
+    int code = dm.exit_code;
+    daemon_free(&dm);
+    return code;
 }
 
 int main(int argc, char **argv)

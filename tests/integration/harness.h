@@ -54,6 +54,10 @@ redisReply *h_cmd_any(const char *fmt, ...);
 const char *h_config(const char *mode, const char *input_extra, const char *routing);
 /* The same against another Redis port (e.g. one nobody listens on). */
 const char *h_config_port(int redis_port, const char *mode, const char *input_extra, const char *routing);
+/* The same with redis.startup_timeout = startup_timeout and redis_extra
+ * inside the redis group (e.g. "password = \"x\";", or NULL). */
+const char *h_config_redis(int redis_port, int startup_timeout, const char *redis_extra, const char *mode,
+                           const char *input_extra, const char *routing);
 /* A loopback port that was free a moment ago. */
 int h_free_port(void);
 
@@ -72,14 +76,33 @@ int h_daemon_wait_exit(int idx, double secs);
  * down for down_ms, and start it again on the same port from its AOF. */
 void h_redis_enable_aof(void);
 void h_redis_kill9_restart(int down_ms);
+/* The two halves of that: kill -9 the test's redis-server (h_redis() is
+ * NULL until it is back), and start it again on the same port (with AOF
+ * on or off; data survives only through the AOF). */
+void h_redis_kill9(void);
+void h_redis_start_again(bool aof);
+/* The pid of a daemon (for SIGSTOP/SIGCONT, or to find its consumer name,
+ * which holds the pid). */
+pid_t h_daemon_pid(int idx);
 /* Sends sig (e.g. SIGHUP) to a running daemon. */
 void h_daemon_signal(int idx, int sig);
 /* kill -9: the daemon dies at once, wherever it is (no exit status check). */
 void h_daemon_kill9(int idx);
+/* The log check h_daemon_stop makes (priority prefixes, no contact data),
+ * for a daemon that was killed. */
+void h_daemon_check_log(int idx);
 /* Fails the test (with the log's tail) if a started daemon has exited. */
 void h_daemons_check_alive(void);
 /* The last bytes of a daemon's log, for messages (owned by the harness). */
 const char *h_daemon_log_tail(int idx);
+
+/* A TCP proxy (a child process) from a new loopback port to the test's
+ * Redis: returns the port, for a daemon's config. h_proxy_hang makes every
+ * connection open at that moment hang (held open, nothing relayed any
+ * more: a server that stopped answering); connections made afterwards are
+ * relayed. Stopped at teardown. */
+int h_proxy_start(void);
+void h_proxy_hang(void);
 
 /* ---- time and waiting ----------------------------------------------- */
 
@@ -176,6 +199,12 @@ void h_set_max_buyers(int k);
  * mode) and records it for the oracle. Returns the payload. If entry_id is
  * not NULL it receives the stream entry id ("list" in list mode). */
 struct h_buf h_send(const struct h_lead *l, char *entry_id, size_t idlen);
+/* Enqueues n leads in one MULTI/EXEC: a consumer blocked on the input
+ * gets them all in one read. */
+void h_send_atomic(const struct h_lead *leads, size_t n);
+/* Packs a lead and records it for the oracle without enqueuing it (the
+ * test puts the payload where it wants, e.g. a processing list). */
+struct h_buf h_track(const struct h_lead *l);
 /* Enqueues raw bytes; id is the lead id they carry (NULL when none can be
  * read from them), for the oracle. */
 void h_send_raw(const void *p, size_t len, const char *id, char *entry_id, size_t idlen);
@@ -235,23 +264,31 @@ bool h_buf_eq(struct h_buf a, const void *p, size_t len);
 /* ---- the oracle ----------------------------------------------------- */
 
 struct h_report {
-    size_t sent;        /* payloads the test enqueued */
-    size_t in_dealers;  /* of them, placed in dealer queue(s) */
-    size_t unassigned;  /* ... in <p>:unassigned */
-    size_t dead;        /* ... in <p>:dead */
-    size_t lost;        /* in no place */
-    size_t duplicated;  /* in more places than sent, or a dealer twice, or > max_buyers */
-    size_t unexpected;  /* entries that match no sent payload */
-    size_t assignments; /* assignment entries in all dealer queues */
-    char detail[2048];  /* the first problems, for the failure message */
+    size_t sent;         /* payloads the test enqueued */
+    size_t in_dealers;   /* of them, placed in dealer queue(s) */
+    size_t unassigned;   /* ... in <p>:unassigned */
+    size_t dead;         /* ... in <p>:dead */
+    size_t lost;         /* in no place */
+    size_t duplicated;   /* in more places than sent, or a dealer twice, or > max_buyers */
+    size_t unexpected;   /* entries that match no sent payload */
+    size_t assignments;  /* assignment entries in all dealer queues */
+    size_t cap_overruns; /* assignments beyond the h_oracle_cap limits */
+    char detail[2048];   /* the first problems, for the failure message */
 };
 
 /* Dead entries the test causes that are not sent leads (bad returns). */
 void h_oracle_allow_extra_dead(size_t n);
+/* A dealer whose queue may never hold more than max assignments (a cap
+ * the test set; its queue is not consumed). Counted as cap_overruns. */
+void h_oracle_cap(const char *dealer, long long max);
 /* Computes the report without asserting. */
 void h_oracle_check(struct h_report *r);
 /* Computes, prints one summary line, and fails the test on any lost,
  * duplicated or unexpected entry, or (stream mode) input entries left. */
 void h_oracle(void);
+/* The same, printing one line for the fault suite's report instead:
+ * "FAULT <scenario>: sent=N in_dealer_queues=N unassigned=N dead=N lost=N
+ * duplicated=N cap_overruns=N"; the report is copied to *out (may be NULL). */
+void h_oracle_fault(const char *scenario, struct h_report *out);
 
 #endif
