@@ -451,7 +451,8 @@ static struct note *new_note(struct batch *b)
 static void copy_label(char *dst, size_t cap, struct lr_str s)
 {
     size_t n = s.len < cap ? s.len : cap - 1;
-    memcpy(dst, s.p, n);
+    if (n) /* an absent string has no pointer */
+        memcpy(dst, s.p, n);
     dst[n] = 0;
 }
 
