@@ -687,8 +687,15 @@ static int explain_payload(struct req *r, const char *payload, size_t len)
     const struct admin_controls *ctl = r->a->env.ctl;
     const uint8_t *paused = ctl && ctl->t == c->rules ? ctl->paused : NULL;
     const uint32_t *weight = ctl && ctl->t == c->rules ? ctl->weight : NULL;
+    /* The daemon's live view of rotation and caps (rq follows the config
+     * in force: the reload hands both the new table at once). */
+    const int64_t *rr = NULL;
+    const struct rules_usage *usage = NULL;
+    if (r->a->env.rq)
+        rq_pick_state(r->a->env.rq, &rr, &usage);
     char *out;
-    if (admin_explain(c, paused, weight, payload, len, now_ms(), r->json, &out, r->err, sizeof r->err) != 0)
+    if (admin_explain(c, paused, weight, rr, usage, payload, len, now_ms(), r->json, &out, r->err,
+                      sizeof r->err) != 0)
         return CMD_ERR;
     evbuffer_add(r->body, out, strlen(out));
     if (r->json)
@@ -858,7 +865,7 @@ static void render_dealers(const struct dealers_snap *s, bool json, struct evbuf
             json_object_set_new(o, "shares", sh);
             json_array_append_new(arr, o);
         }
-        char *txt = json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER);
+        char *txt = json_dumps(arr, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
         json_decref(arr);
         if (txt)
             evbuffer_add_printf(body, "%s\n", txt);
@@ -1195,7 +1202,11 @@ static void run_line(struct admin *a, struct client *c, const char *line, size_t
     struct req r = {.a = a, .c = c};
     size_t pos = 0, ws, wl;
     if (!next_word(line, len, &pos, &ws, &wl))
-        return; /* an empty line: nothing to answer */
+        return;                 /* an empty line: nothing to answer */
+    if (memchr(line, 0, len)) { /* words are C strings: "d1\0x" must not act on d1 */
+        frame_err(out, "the line holds a NUL byte");
+        return;
+    }
     if (word_is(line, ws, wl, "json")) {
         r.json = true;
         if (!next_word(line, len, &pos, &ws, &wl)) {

@@ -1,9 +1,10 @@
 /* admin_explain.c - `explain`: a lead given as JSON (converted to the
  * msgpack map a producer would send) or as msgpack goes through the very
  * decoder the daemon uses (codec_lead_decode, so the same validation and
- * reasons apply), then rules_decide + rules_pick on a private rotation
- * state. Nothing is committed and Redis is not read: rotation and caps are
- * those of an empty state, which the output says. */
+ * reasons apply), then rules_decide + rules_pick on a private copy of the
+ * rotation state. Nothing is committed and Redis is not read: rotation and
+ * caps are the daemon's last view of them (or an empty state before it
+ * has one), which the output says. */
 #include <jansson.h>
 #include <msgpack.h>
 #include <stdarg.h>
@@ -104,7 +105,7 @@ int admin_json_to_msgpack(const char *json, size_t len, char **out, size_t *outl
 /* ---- rendering --------------------------------------------------------- */
 
 static json_t *explain_json(const struct rules_table *t, const struct lead *l, const struct rules_decision *d,
-                            const uint8_t *paused, const uint32_t *weight)
+                            const uint8_t *paused, const uint32_t *weight, bool live)
 {
     json_t *o = json_object();
     if (!o)
@@ -152,8 +153,10 @@ static json_t *explain_json(const struct rules_table *t, const struct lead *l, c
     }
     json_object_set_new(o, "picked", pk);
     json_object_set_new(o, "outcome", json_string(d->n_picked ? "assigned" : rules_reason_str(d->reason)));
-    json_object_set_new(o, "state",
-                        json_string("empty: rotation and caps as of an empty state, nothing committed"));
+    json_object_set_new(
+        o, "state",
+        json_string(live ? "live: rotation and caps as last read from Redis, nothing committed"
+                         : "empty: rotation and caps as of an empty state, nothing committed"));
     return o;
 }
 
@@ -186,8 +189,9 @@ static size_t controls_note(const struct rules_table *t, const struct rules_deci
     return off;
 }
 
-int admin_explain(const struct cfg *c, const uint8_t *paused, const uint32_t *weight, const char *payload,
-                  size_t len, int64_t now_ms, bool json, char **out, char *err, size_t errlen)
+int admin_explain(const struct cfg *c, const uint8_t *paused, const uint32_t *weight, const int64_t *live_rr,
+                  const struct rules_usage *usage, const char *payload, size_t len, int64_t now_ms, bool json,
+                  char **out, char *err, size_t errlen)
 {
     *out = NULL;
     const struct rules_table *t = c->rules;
@@ -205,26 +209,31 @@ int admin_explain(const struct cfg *c, const uint8_t *paused, const uint32_t *we
         goto done;
     }
     const struct lead *l = codec_lead_get(cl);
-    struct rules_input in = {.now_ms = now_ms, .paused = paused, .weight = weight};
+    bool live = live_rr || usage;
+    if (live_rr) /* a copy: the pick moves rotation values */
+        memcpy(rr, live_rr, t->n_rr_slots * sizeof *rr);
+    struct rules_input in = {.now_ms = now_ms, .paused = paused, .weight = weight, .usage = usage};
     struct rules_decision d;
     rules_decide(t, s, l, &in, &d);
     if (d.reason == REASON_ASSIGNED)
         rules_pick(t, &d, &in, l, rr);
     if (json) {
-        json_t *o = explain_json(t, l, &d, paused, weight);
+        json_t *o = explain_json(t, l, &d, paused, weight, live);
         *out = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
         json_decref(o);
     } else {
         size_t n = rules_explain(t, l, &d, NULL, 0);
         size_t note = 4096;
-        static const char head[] =
-            "(rotation and caps as of an empty state: no Redis reads, nothing committed; "
-            "the live commit may pick another dealer of the same tier)\n";
-        char *buf = malloc(sizeof head + n + 1 + note);
+        const char *head =
+            live ? "(rotation and caps as this daemon last read them from Redis; nothing committed, "
+                   "and the commit checks them again)\n"
+                 : "(rotation and caps as of an empty state: not read from Redis yet; nothing "
+                   "committed)\n";
+        size_t hl = strlen(head);
+        char *buf = malloc(hl + n + 1 + note);
         if (buf) {
-            memcpy(buf, head, sizeof head - 1);
-            size_t off = sizeof head - 1;
-            off += rules_explain(t, l, &d, buf + off, n + 1);
+            memcpy(buf, head, hl);
+            size_t off = hl + rules_explain(t, l, &d, buf + hl, n + 1);
             controls_note(t, &d, paused, weight, buf + off, note);
             *out = buf;
         }

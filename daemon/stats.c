@@ -850,7 +850,7 @@ char *stats_json(const struct stats *s)
             return NULL;
         }
     }
-    char *out = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *out = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(10));
     json_decref(root);
     return out;
 }
@@ -881,7 +881,7 @@ char *stats_prometheus(const struct stats *s)
                 sb_printf(&b, "\"} %" PRIu64 "\n", cum);
             }
             sb_printf(&b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", d->prom, s->lat_count);
-            sb_printf(&b, "%s_sum %.17g\n%s_count %" PRIu64 "\n", d->prom, s->lat_sum, d->prom, s->lat_count);
+            sb_printf(&b, "%s_sum %.15g\n%s_count %" PRIu64 "\n", d->prom, s->lat_sum, d->prom, s->lat_count);
             continue;
         }
         if (!d->labels[0]) {

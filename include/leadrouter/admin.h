@@ -24,6 +24,7 @@ struct cfg;
 struct rq;
 struct stats;
 struct rules_table;
+struct rules_usage;
 struct redisReply;
 
 #define ADMIN_MAX_LINE (256 * 1024)    /* a msgpack lead of 64 KiB fits as hex */
@@ -113,13 +114,16 @@ int admin_split(const char *line, size_t len, char *buf, char **words, int max, 
 int admin_json_to_msgpack(const char *json, size_t len, char **out, size_t *outlen, char *err,
                           size_t errlen) LR_WUR;
 /* The decision for one msgpack lead, decoded exactly as the daemon decodes
- * it (limits.max_lead_bytes included), decided and picked on a copy with
- * the given pause flags and weights (per dealer of c's table, or NULL), an
- * empty rotation state and no cap usage; nothing is committed. Returns 0
- * and a malloc'ed text (or JSON document), or -1 with the reason in err
- * (a lead the decoder refuses: "dead letter: <code>: <detail>"). */
-int admin_explain(const struct cfg *c, const uint8_t *paused, const uint32_t *weight, const char *payload,
-                  size_t len, int64_t now_ms, bool json, char **out, char *err, size_t errlen) LR_WUR;
+ * it (limits.max_lead_bytes included), then decided and picked on a copy:
+ * with the given pause flags and weights (per dealer of c's table, or
+ * NULL), the rotation values rr (t->n_rr_slots, copied, never changed; NULL:
+ * an empty rotation state) and cap usage (per dealer, or NULL: none), as
+ * rq_pick_state gives them. Nothing is committed. Returns 0 and a malloc'ed
+ * text (or JSON document), or -1 with the reason in err (a lead the decoder
+ * refuses: "dead letter: <code>: <detail>"). */
+int admin_explain(const struct cfg *c, const uint8_t *paused, const uint32_t *weight, const int64_t *rr,
+                  const struct rules_usage *usage, const char *payload, size_t len, int64_t now_ms, bool json,
+                  char **out, char *err, size_t errlen) LR_WUR;
 
 /* ---- why ---------------------------------------------------------------- */
 

@@ -235,7 +235,11 @@ Test(admin, errors_are_one_err_line)
     expect_err("json", "usage: json COMMAND");
     expect_err("pause a b c d e f g h i j", "usage: pause DEALER");
     expect_err("bo\x01gus\xff", "unknown command 'bo?gus?'");
-    char *r = run("nope");
+    char *r = admin_exec(E.a, "pause d1\0x", 10);
+    cr_assert_str_eq(r, "ERR the line holds a NUL byte\n.\n");
+    cr_assert_eq(admin_controls_paused(E.ctl)[0], 0);
+    free(r);
+    r = run("nope");
     cr_assert_str_eq(r, "ERR unknown command 'nope' (try help)\n.\n");
     free(r);
     r = run("   \r");
