@@ -32,9 +32,9 @@ static void usage(FILE *f)
             "  explain FILE        the routing decision for a lead (JSON or msgpack file), not committed\n"
             "commands (Redis):\n"
             "  why LEAD_ID         the recorded decision: when, to whom, by which rule, who else, why not\n"
-            "  import FILE.csv [--map col=key,...] [--dry-run]\n"
-            "  export DEALER [--csv]\n"
-            "  report [--since 24h] [--by source|niche|dealer]\n"
+            "  import FILE.csv|- [--map col=key,...] [--dry-run] [--sep ,|;|tab]\n"
+            "  export DEALER [--csv] [--drain] [--sep ,|;|tab]\n"
+            "  report [--since 24h|7d|YYYY-MM-DD] [--by source|niche|dealer|reason] [--csv]\n"
             "exit status: 0 ok, 1 usage error or ERR reply, 2 daemon or Redis unreachable\n");
 }
 
