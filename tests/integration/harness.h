@@ -284,7 +284,9 @@ void h_oracle_cap(const char *dealer, long long max);
 /* Computes the report without asserting. */
 void h_oracle_check(struct h_report *r);
 /* Computes, prints one summary line, and fails the test on any lost,
- * duplicated or unexpected entry, or (stream mode) input entries left. */
+ * duplicated or unexpected entry, a cap overrun (h_oracle_cap), or input
+ * left (stream mode: entries in <p>:in; list mode: <p>:in or a processing
+ * list not empty). */
 void h_oracle(void);
 /* The same, printing one line for the fault suite's report instead:
  * "FAULT <scenario>: sent=N in_dealer_queues=N unassigned=N dead=N lost=N
