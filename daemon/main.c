@@ -235,6 +235,15 @@ static int run_daemon(const char *path)
 {
     struct daemon dm = {.path = path, .generation = 1};
     char err[1024];
+    /* A stop or reload signal that arrives while we start is held until the
+     * loop's handlers are in place, then handled like any other (a SIGTERM
+     * at start-up still exits 0 after a clean stop). */
+    sigset_t ctl_signals;
+    sigemptyset(&ctl_signals);
+    sigaddset(&ctl_signals, SIGTERM);
+    sigaddset(&ctl_signals, SIGINT);
+    sigaddset(&ctl_signals, SIGHUP);
+    sigprocmask(SIG_BLOCK, &ctl_signals, NULL);
     if (cfg_load(path, &dm.cfg, err, sizeof err) != 0) {
         log_error("%s", err);
         return 1;
@@ -280,6 +289,7 @@ static int run_daemon(const char *path)
     evsignal_add(dm.ev_term, NULL);
     evsignal_add(dm.ev_int, NULL);
     evsignal_add(dm.ev_hup, NULL);
+    sigprocmask(SIG_UNBLOCK, &ctl_signals, NULL);
     if (sd_watchdog_enabled(0, &dm.watchdog_usec) > 0 && dm.watchdog_usec > 0) {
         dm.ev_watchdog = evtimer_new(dm.base, on_watchdog, &dm);
         on_watchdog(-1, 0, &dm);
