@@ -365,8 +365,20 @@ static void hung_server(const char *scenario, void (*hang)(void), int hang_ms)
 {
     caps_watch();
     int d = h_daemon_start(h_config("stream", "batch = 10; claim_idle_ms = 1000;", CONF_FAULTS));
-    send_leads(300);
+    /* A backlog the daemon needs a few hundred commits for, enqueued at
+     * once, so that the hang comes while it is busy. */
+    enum { CHUNK = 500, BACKLOG = 2000 };
+    static struct h_lead chunk[CHUNK];
+    static char ids[CHUNK][32], phones[CHUNK][32], emails[CHUNK][48];
+    for (int sent = 0; sent < BACKLOG; sent += CHUNK) {
+        for (int i = 0; i < CHUNK; i++)
+            chunk[i] = fault_lead(ids[i], phones[i], emails[i]);
+        h_send_atomic(chunk, CHUNK);
+    }
     H_WAIT(h_outcomes() >= 20, 15, "the daemon did not start routing");
+    size_t at_hang = h_outcomes();
+    cr_assert_lt(at_hang, (size_t)BACKLOG,
+                 "the daemon had routed everything before the hang (no mid-stream)");
     int64_t t = h_now_ms();
     hang();
     /* No Redis commands while it hangs; the daemon must stay alive. */
@@ -374,8 +386,8 @@ static void hung_server(const char *scenario, void (*hang)(void), int hang_ms)
         h_daemons_check_alive();
         h_sleep_ms(50);
     }
-    fprintf(stderr, "[faults] %s: %zu of 300 routed when the server answered again\n", scenario,
-            h_outcomes());
+    fprintf(stderr, "[faults] %s: %zu of %d routed when the server hung, %zu when it answered again\n",
+            scenario, at_hang, BACKLOG, h_outcomes());
     send_leads(100);
     h_wait_drained(30);
     h_daemon_stop(d);
