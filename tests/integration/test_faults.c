@@ -94,6 +94,18 @@ static void send_leads(int n)
     }
 }
 
+/* n leads (at most BURST_MAX) in one transaction: a backlog at once. */
+#define BURST_MAX 150
+static void send_burst(int n)
+{
+    static struct h_lead leads[BURST_MAX];
+    static char ids[BURST_MAX][32], phones[BURST_MAX][32], emails[BURST_MAX][48];
+    cr_assert(n > 0 && n <= BURST_MAX);
+    for (int i = 0; i < n; i++)
+        leads[i] = fault_lead(ids[i], phones[i], emails[i]);
+    h_send_atomic(leads, (size_t)n);
+}
+
 /* Day caps: the oracle counts overruns; the test must not span UTC midnight. */
 static void caps_watch(void)
 {
@@ -225,9 +237,9 @@ static int count_in(const char *hay, const char *needle)
 
 /* ---- 1. kill -9 at random instants ---------------------------------- */
 
-/* A producer adds leads between kills; each daemon is killed at a random
- * instant of its life (connecting, reading, routing, committing, idle) and
- * a new one started. What a killed daemon read but did not commit stays
+/* A producer adds leads all along; each daemon is killed at a random
+ * instant of its life (connecting, reading, routing, committing) and a new
+ * one started. What a killed daemon read but did not commit stays
  * pending under its consumer and is claimed by a later daemon once idle
  * past claim_idle_ms. max_deliveries is high so that no lead turns
  * poison just by being in flight at several kills. */
@@ -238,12 +250,19 @@ Test(faults, kill9_daemon_at_random_instants)
     const char *conf =
         h_config("stream", "batch = 10; claim_idle_ms = 300; max_deliveries = 100;", CONF_FAULTS);
     int kills = 0, with_pending = 0;
-    for (int round = 0; round < 24; round++) {
+    for (int round = 0; round < 30; round++) {
         int d = h_daemon_start(conf);
-        send_leads(rng_range(5, 40));
-        h_sleep_ms(rng_range(0, 300));
-        if (rng_range(0, 1))
-            send_leads(rng_range(1, 10));
+        /* A trickle of leads for a random part of the daemon's life, then
+         * a burst and the kill a few ms later: most kills then land while
+         * it works through the burst (read, routed, not yet committed),
+         * some while it starts, idles or commits. */
+        int64_t until = h_now_ms() + rng_range(0, 300);
+        do {
+            send_leads(rng_range(1, 5));
+            h_sleep_ms(rng_range(1, 8));
+        } while (h_now_ms() < until);
+        send_burst(rng_range(50, BURST_MAX));
+        h_sleep_ms(rng_range(0, 4));
         h_daemons_check_alive(); /* a daemon that crashed by itself fails the test */
         h_daemon_kill9(d);
         h_daemon_check_log(d);
