@@ -363,13 +363,19 @@ static void pack_passed(msgpack_packer *pk, const struct rules_table *t, const s
         const struct rules_verdict *v = &d->verdicts[i];
         if (v->why == WHY_CANDIDATE || v->why == WHY_PICKED)
             continue;
-        int n = snprintf(buf + o, sizeof buf - o, "%s%s=%s", o ? "," : "", t->dealers[v->dealer].id,
-                         rules_why_str((enum rules_why)v->why));
-        if (n < 0 || (size_t)n >= sizeof buf - o) {
-            buf[o] = 0; /* the audit keeps what fits */
-            break;
-        }
-        o += (size_t)n;
+        /* Appended by hand: this runs for every lead and every dealer it
+         * passed over, and printf's parsing was a visible cost. */
+        const char *id = t->dealers[v->dealer].id, *why = rules_why_str((enum rules_why)v->why);
+        size_t il = strlen(id), wl = strlen(why), need = (o ? 1 : 0) + il + 1 + wl;
+        if (o + need > sizeof buf)
+            break; /* the audit keeps what fits */
+        if (o)
+            buf[o++] = ',';
+        memcpy(buf + o, id, il);
+        o += il;
+        buf[o++] = '=';
+        memcpy(buf + o, why, wl);
+        o += wl;
     }
     pack_str(pk, buf, o);
 }

@@ -33,14 +33,15 @@
 -- counters below) or "redo:same:<dealer>" (dedup same_dealer names a prior
 -- dealer); then two arrays: the counters of every dealer the batch checked,
 -- flat [position, used_h, used_d, used_w, used_m, queue_len (-1 unknown)],
--- and the rotation values after the batch, flat [position, value].
+-- and the rotation values after the batch of every field in ARGV[14],
+-- flat [position, value].
 -- A lead that passes the fence has not been committed: its commit would
 -- have acknowledged it in the same atomic step. So sending a commit again
 -- after a lost reply is safe: the second one finds "stale".
 
 local A = ARGV
 local p, mode, group, consumer = A[1], A[2], A[3], A[4]
-local record_ttl, audit_maxlen, max_attempts = tonumber(A[5]), tonumber(A[6]), tonumber(A[7])
+local audit_maxlen, max_attempts = tonumber(A[6]), tonumber(A[7])
 local hour, dedup, window, nleads, plist = A[8], A[9], tonumber(A[10]), tonumber(A[11]), A[12]
 local inkey = (mode == 'return') and (p .. ':returns') or (p .. ':in')
 local action = string.match(dedup, '^[^,]*')
@@ -274,9 +275,18 @@ for x, d in pairs(dealer) do
   counters[c + 1], counters[c + 2], counters[c + 3], counters[c + 4], counters[c + 5], counters[c + 6] =
     x, d.used[1], d.used[2], d.used[3], d.used[4], d.qlen
 end
+-- Every rotation field the batch named comes back with its value in Redis,
+-- also those of leads that were not committed (redo): the daemon moved
+-- them already in its own view, and must take them back.
 local rrvals = {}
-for x, delta in pairs(rrdelta) do
-  local v = rcall('HINCRBY', RT[2 * x - 1], RT[2 * x], delta)
+for x = 1, #RT / 2 do
+  local delta = rrdelta[x]
+  local v
+  if delta and delta ~= 0 then
+    v = rcall('HINCRBY', RT[2 * x - 1], RT[2 * x], delta)
+  else
+    v = tonumber(rcall('HGET', RT[2 * x - 1], RT[2 * x]) or '0')
+  end
   rrvals[#rrvals + 1] = x
   rrvals[#rrvals + 1] = v
 end

@@ -103,6 +103,8 @@ struct rq {
     int64_t *pending_ms;    /* per dealer: when usage.pending was learned */
     struct { uint32_t slot; int64_t before; } *rrsnap; /* per dealer */
     struct commit_rr *moves;
+    uint32_t *mp_dealers;   /* the dealers with max_pending (found at load) */
+    uint32_t n_mp;
     uint64_t sync_gen;
     int sync_pending;
     bool synced, syncing;
@@ -523,10 +525,8 @@ static int route_lead(struct rq *q, struct batch *b, struct note *n, const struc
 }
 
 /* Decodes and routes one input entry into the batch being built. */
-static int add_entry(struct rq *q, struct batch *b, enum commit_mode mode, const char *ref, const char *payload,
-                     size_t len, int64_t now)
+static int add_entry(struct rq *q, struct batch *b, const char *ref, const char *payload, size_t len, int64_t now)
 {
-    (void)mode;
     const struct cfg *c = q->cfg;
     struct commit_src src = {.ref = ref, .payload = payload, .payload_len = len, .attempt = 1};
     struct note *n = new_note(b);
@@ -584,7 +584,7 @@ static int add_entries(struct rq *q, struct batch *b, const redisReply *entries,
             q->st.received++;
             rc = commit_add_dead(&b->args, &src, why);
         } else {
-            rc = add_entry(q, b, COMMIT_STREAM, id, p, len, now);
+            rc = add_entry(q, b, id, p, len, now);
         }
     }
     return rc;
@@ -602,12 +602,18 @@ static bool alloc_state(struct rq *q)
     free(q->pending_ms);
     free(q->rrsnap);
     free(q->moves);
+    free(q->mp_dealers);
+    q->n_mp = 0;
     q->rr = calloc(nr, sizeof *q->rr);
     q->usage = calloc(nd, sizeof *q->usage);
     q->pending_ms = calloc(nd, sizeof *q->pending_ms);
     q->rrsnap = calloc(nd, sizeof *q->rrsnap);
     q->moves = calloc(nd, sizeof *q->moves);
-    return q->rr && q->usage && q->pending_ms && q->rrsnap && q->moves;
+    q->mp_dealers = calloc(nd, sizeof *q->mp_dealers);
+    for (uint32_t d = 0; q->mp_dealers && d < t->n_dealers; d++)
+        if (t->hot[d].max_pending)
+            q->mp_dealers[q->n_mp++] = d;
+    return q->rr && q->usage && q->pending_ms && q->rrsnap && q->moves && q->mp_dealers;
 }
 
 static const char *const period_name[PERIOD_N] = {"hour", "day", "week", "month"};
@@ -772,11 +778,10 @@ static void start_sync(struct rq *q)
  * learned more than a second ago is forgotten (the script checks it). */
 static void forget_old_depths(struct rq *q)
 {
-    const struct rules_table *t = q->cfg->rules;
     int64_t now = mono_ms();
-    for (uint32_t d = 0; d < t->n_dealers; d++)
-        if (t->hot[d].max_pending && now - q->pending_ms[d] > 1000)
-            q->usage[d].pending = 0;
+    for (uint32_t i = 0; i < q->n_mp; i++)
+        if (now - q->pending_ms[q->mp_dealers[i]] > 1000)
+            q->usage[q->mp_dealers[i]].pending = 0;
 }
 
 /* Ready to decide leads: the pick state is loaded for this quarter hour. */
@@ -891,7 +896,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
     if (mode == COMMIT_LIST) {
         if (r->type == REDIS_REPLY_STRING && rc == 0) {
             snprintf(b->ref, sizeof b->ref, "list");
-            rc = add_entry(q, b, mode, "list", r->str, r->len, now);
+            rc = add_entry(q, b, "list", r->str, r->len, now);
         }
     } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && rc == 0) {
         rc = add_entries(q, b, r->element[0]->element[1], now);
@@ -1732,5 +1737,6 @@ void rq_free(struct rq *q)
     free(q->pending_ms);
     free(q->rrsnap);
     free(q->moves);
+    free(q->mp_dealers);
     free(q);
 }

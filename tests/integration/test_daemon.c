@@ -30,6 +30,12 @@ TestSuite(daemon, .init = h_setup, .fini = h_teardown, .timeout = 30);
 #define CONF_FILTER DEFAULTS SOLAR \
     "dealers = ( " IA_DEALER("d-owners", "filters = ( { field = \"fields.home_owner\"; eq = true; } );") " );\n"
 #define CONF_REJECT CONF_BASIC "dedup = { action = \"reject\"; keys = [ \"phone\" ]; };\n"
+/* Round robin between two dealers, and dedup that keeps a person with the
+ * dealer that had them first. */
+#define CONF_SAME_DEALER DEFAULTS \
+    "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n" \
+    "dealers = ( " IA_DEALER("sd1", "") ", " IA_DEALER("sd2", "") " );\n" \
+    "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n"
 #define CONF_LIMIT_1K CONF_BASIC "limits = { max_lead_bytes = 1024; };\n"
 #define CONF_SHARED3 DEFAULTS \
     "niches = ( { name = \"solar\"; max_buyers = 3; strategy = \"weighted\"; } );\n" \
@@ -289,6 +295,29 @@ Test(daemon, unassigned_duplicate)
     h_wait_drained(10);
     cr_assert_str_eq(one_assignment("U-dup-1").dealer, "d-ia");
     expect_unassigned("U-dup-2", "duplicate", second, NULL);
+    h_daemon_stop(d);
+    h_oracle();
+}
+
+/* The second lead of a person goes to the dealer that had the first, not
+ * to the one whose turn it is; the rotation the refused pick moved is taken
+ * back, so the next lead gets the dealer whose turn it really is. */
+Test(daemon, dedup_same_dealer_overrides_the_rotation)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_SAME_DEALER));
+    struct h_lead l1 = ia_lead("SD-1", 60), l2 = ia_lead("SD-2", 60), l3 = ia_lead("SD-3", 60);
+    l1.phone = "+1 (515) 555-0177";
+    l2.phone = "1-515-555-0177";
+    h_send(&l1, NULL, 0);
+    h_wait_drained(10);
+    h_send(&l2, NULL, 0);
+    h_wait_drained(10);
+    h_send(&l3, NULL, 0);
+    h_wait_drained(10);
+    const char *first = one_assignment("SD-1").dealer;
+    cr_assert_str_eq(first, "sd1", "round robin starts with the first dealer listed");
+    cr_assert_str_eq(one_assignment("SD-2").dealer, "sd1", "the same phone goes to the dealer that had it");
+    cr_assert_str_eq(one_assignment("SD-3").dealer, "sd2", "the rotation goes on where Redis says it is");
     h_daemon_stop(d);
     h_oracle();
 }
