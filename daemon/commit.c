@@ -96,6 +96,8 @@ void commit_args_free(struct commit_args *a)
     free(a->dlist);
     free(a->rrpos);
     free(a->rrlist);
+    free(a->bk);
+    free(a->bkseen);
     free(a->argv);
     free(a->len);
     free(a->off);
@@ -158,13 +160,19 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
         free(a->dlist);
         free(a->rrpos);
         free(a->rrlist);
+        free(a->bk);
+        free(a->bkseen);
         size_t n = c->rules->n_dealers ? c->rules->n_dealers : 1;
+        size_t nz = c->rules->n_tzs ? c->rules->n_tzs : 1;
         size_t nr = c->rules->n_rr_slots ? c->rules->n_rr_slots : 1;
         a->dpos = calloc(n, sizeof *a->dpos);
         a->dlist = calloc(n, sizeof *a->dlist);
         a->rrpos = calloc(nr, sizeof *a->rrpos);
         a->rrlist = calloc(nr, sizeof *a->rrlist);
-        a->table = a->dpos && a->dlist && a->rrpos && a->rrlist ? c->rules : NULL;
+        a->bk = calloc(nz, sizeof *a->bk);
+        a->bkseen = calloc(nz, sizeof *a->bkseen);
+        a->bkgen = 0;
+        a->table = a->dpos && a->dlist && a->rrpos && a->rrlist && a->bk && a->bkseen ? c->rules : NULL;
         if (!a->table)
             return -1;
     }
@@ -215,17 +223,24 @@ int commit_end(struct commit_args *a, int64_t now_ms)
     packer_for(a, &pk);
     msgpack_pack_array(&pk, a->nd);
     int64_t now_s = now_ms / 1000;
+    if (++a->bkgen == 0) { /* wrapped: forget every zone */
+        memset(a->bkseen, 0, (a->table->n_tzs ? a->table->n_tzs : 1) * sizeof *a->bkseen);
+        a->bkgen = 1;
+    }
     for (uint32_t i = 0; i < a->nd; i++) {
         const struct rules_dealer *d = &a->table->dealers[a->dlist[i]];
         msgpack_pack_array(&pk, 10);
         pack_cstr(&pk, d->id);
         for (int p = 0; p < PERIOD_N; p++)
             msgpack_pack_uint32(&pk, d->caps[p]);
-        for (int p = 0; p < PERIOD_N; p++) {
-            char b[32];
-            rules_cap_bucket(a->table, a->dlist[i], (enum rules_period)p, now_s, b, sizeof b);
-            pack_cstr(&pk, b);
+        char(*bk)[16] = a->bk[d->tz];
+        if (a->bkseen[d->tz] != a->bkgen) {
+            for (int p = 0; p < PERIOD_N; p++)
+                rules_cap_bucket(a->table, a->dlist[i], (enum rules_period)p, now_s, bk[p], sizeof bk[p]);
+            a->bkseen[d->tz] = a->bkgen;
         }
+        for (int p = 0; p < PERIOD_N; p++)
+            pack_cstr(&pk, bk[p]);
         msgpack_pack_uint32(&pk, d->max_pending);
     }
     table_arg(a, DEALERS_ARG);

@@ -333,7 +333,7 @@ static void tally(struct rq *q, struct batch *b, int k, const char *res)
                 const char *e = strchr(p, ',');
                 char id[128];
                 size_t len = e ? (size_t)(e - p) : strlen(p);
-                snprintf(id, sizeof id, "%.*s", (int)(len < sizeof id ? len : sizeof id - 1), p);
+                lr_copy(id, sizeof id, p, len);
                 stats_assigned(st, id, n->niche, n->source);
                 p += len + (e ? 1 : 0);
             }
@@ -520,7 +520,7 @@ static int route_lead(struct rq *q, struct batch *b, struct note *n, const struc
         }
     }
     if (d.niche >= 0)
-        snprintf(n->niche, sizeof n->niche, "%s", t->niches[d.niche].name);
+        lr_copy(n->niche, sizeof n->niche, t->niches[d.niche].name, SIZE_MAX);
     return commit_add_route(&b->args, c, src, l, &d, q->moves, n_mv);
 }
 
@@ -532,7 +532,7 @@ static int add_entry(struct rq *q, struct batch *b, const char *ref, const char 
     struct note *n = new_note(b);
     if (!n)
         return -1;
-    snprintf(n->ref, sizeof n->ref, "%s", ref);
+    lr_copy(n->ref, sizeof n->ref, ref, SIZE_MAX);
     n->attempt = 1;
     n->t0_ms = now;
     char err[256];
@@ -927,7 +927,7 @@ static struct batch *return_batch(struct rq *q, const char *ref)
     b->q = q;
     b->dynamic = true;
     b->is_return = true;
-    snprintf(b->ref, sizeof b->ref, "%s", ref);
+    lr_copy(b->ref, sizeof b->ref, ref, SIZE_MAX);
     if (begin(q, b, COMMIT_RETURN, redis_now_ms(q)) != 0) {
         batch_free(b);
         return NULL;

@@ -395,9 +395,13 @@ static void count(struct stats *s, enum fam f, const char *const *values, uint64
     uint32_t v[STATS_MAX_LABELS] = {0, 0};
     int idx[STATS_MAX_LABELS] = {-1, -1};
     for (int k = 0; k < STATS_MAX_LABELS && d->labels[k]; k++) {
-        char clean[STATS_LABEL_MAX + 1];
-        sanitize(values[k], clean, sizeof clean);
-        idx[k] = vset_intern(&st->labels[k], clean);
+        /* Values kept are clean: a value found as it is needs no cleaning. */
+        idx[k] = values[k] ? vset_find(&st->labels[k], values[k]) : -1;
+        if (idx[k] < 0) {
+            char clean[STATS_LABEL_MAX + 1];
+            sanitize(values[k], clean, sizeof clean);
+            idx[k] = vset_intern(&st->labels[k], clean);
+        }
         if (idx[k] < 0)
             return; /* out of memory: the total still counts */
         v[k] = (uint32_t)idx[k];

@@ -33,6 +33,10 @@ struct commit_args {
     uint32_t *rrpos; /* per rotation slot of table: position in rrlist, 0 = absent */
     uint32_t *rrlist;
     uint32_t nrr;
+    /* Cap buckets of the batch, per time zone of table: computed once per
+     * zone and batch (bkseen[tz] == bkgen). */
+    char (*bk)[4][16];
+    uint32_t *bkseen, bkgen;
     char prefix[128];
 };
 

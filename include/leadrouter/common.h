@@ -21,4 +21,14 @@ static inline int lr_str_eq(struct lr_str a, const char *s)
     return a.len == n && (n == 0 || memcmp(a.p, s, n) == 0);
 }
 
+/* Copies at most n bytes of src (stopping at a NUL) into dst of cap > 0
+ * bytes, truncated to fit, always terminated; snprintf's result without
+ * its format parsing, for hot paths. */
+static inline void lr_copy(char *dst, size_t cap, const char *src, size_t n)
+{
+    size_t len = strnlen(src, n < cap - 1 ? n : cap - 1);
+    memcpy(dst, src, len);
+    dst[len] = 0;
+}
+
 #endif

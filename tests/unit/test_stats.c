@@ -188,6 +188,30 @@ Test(stats, hostile_label_values_are_escaped_and_valid_utf8)
     free(j);
 }
 
+Test(stats, a_value_and_its_cleaned_form_are_one_series)
+{
+    /* Known values are looked up as they come before any cleaning: a value
+     * equal to a cleaned one must land in that series, in either order. */
+    stats_assigned(s, "d1", "solar", "web\x01" "form");
+    stats_assigned(s, "d1", "solar", "web?form");
+    stats_assigned(s, "d1", "solar", "web?form");
+    stats_assigned(s, "d1", "solar", "web\nform");
+    char big[300];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = 0;
+    stats_assigned(s, "d1", "solar", big);
+    big[128] = 0; /* the cut form, given as it is */
+    stats_assigned(s, "d1", "solar", big);
+    char *p = stats_prometheus(s);
+    cr_assert_eq(prom_value(p, "leadrouter_source_leads_total{source=\"web?form\",outcome=\"assigned\"}"), 4,
+                 "%s", p);
+    char want[400];
+    snprintf(want, sizeof want, "leadrouter_source_leads_total{source=\"%.128s\",outcome=\"assigned\"}", big);
+    cr_assert_eq(prom_value(p, want), 2, "a long value and its cut form are one series");
+    cr_assert_eq(count_lines_with(p, "leadrouter_source_leads_total{"), 2, "%s", p);
+    free(p);
+}
+
 Test(stats, long_label_values_are_cut)
 {
     char big[1000];
