@@ -108,6 +108,11 @@ static void usage(FILE *f)
         "1 ms bursts; latency = assignment routed_at (Redis TIME, unix ms) - created_at (the\n"
         "producer's unix ms): 1 ms resolution. Fixed-rate mode runs only this phase.\n"
         "\n"
+        "The floor: redis-benchmark of a script making only the per-lead writes the contract asks\n"
+        "for (record HSET + EXPIRE, audit XADD, digest SET NX EX, RPUSH; 256 leads per call, in\n"
+        "database 9), with no decoding, fence, checks, caps, stats or ack: no commit that keeps\n"
+        "the contract beats it. Printed as FLOOR contract_writes_leads_per_s= before the RESULT.\n"
+        "\n"
         "Last line: RESULT leads_per_s= ceiling_evalsha_per_s= ratio= daemon_cpu_us_per_lead=\n"
         "p50_ms= p99_ms= (na where not measured).\n"
         "\n"
@@ -1334,26 +1339,28 @@ static double wait_committed(double t0, long long want, const struct queues *qs,
 
 /* ---------------------------------------------------------- ceiling --- */
 
-/* redis-benchmark of EVALSHA of RPOP + LPUSH + INCR: what one Redis core
- * does with the cheapest script that moves an item and counts it. */
-static double run_ceiling(void)
+/* Loads script; returns its sha in sha[41]. */
+static void load_script(const char *script, char sha[41])
 {
-    static const char script[] = "local v = redis.call('RPOP', KEYS[1]) or 'x' "
-                                 "redis.call('LPUSH', KEYS[1], v) "
-                                 "return redis.call('INCR', KEYS[2])";
     redisReply *r = cmd("SCRIPT LOAD %s", script);
     if (r->type != REDIS_REPLY_STRING || r->len != 40)
         die("SCRIPT LOAD: unexpected reply");
-    char sha[41];
     memcpy(sha, r->str, 41);
     freeReplyObject(r);
-    if (cmd_int("EVALSHA %s 2 bench:list bench:n", sha) != 1)
-        die("the ceiling script does not count as expected");
-    char port[16], log[PATH_MAX + 32];
+}
+
+/* Runs redis-benchmark -q with extra (NULL-terminated) arguments; returns
+ * its requests per second. */
+static double redis_benchmark(const char *name, char *const *extra)
+{
+    char port[16], log[PATH_MAX + 64];
     snprintf(port, sizeof port, "%d", env.port);
-    snprintf(log, sizeof log, "%s/redis-benchmark.log", env.dir);
-    char *argv[] = {"redis-benchmark", "-h", "127.0.0.1", "-p", port, "-P",         "64",      "-n",
-                    "1000000",         "-q", "EVALSHA",   sha,  "2",  "bench:list", "bench:n", NULL};
+    snprintf(log, sizeof log, "%s/redis-benchmark-%s.log", env.dir, name);
+    char *argv[32] = {"redis-benchmark", "-h", "127.0.0.1", "-p", port, "-q"};
+    size_t k = 6;
+    for (size_t i = 0; extra[i] && k < 31; i++)
+        argv[k++] = extra[i];
+    argv[k] = NULL;
     pid_t pid = spawn(argv, log);
     int st;
     double end = mono_s() + 300;
@@ -1390,14 +1397,67 @@ static double run_ceiling(void)
     double rps = strtod(b, NULL);
     if (!(rps > 0))
         die("cannot parse requests per second from redis-benchmark (%s)", log);
+    return rps;
+}
+
+/* redis-benchmark of EVALSHA of RPOP + LPUSH + INCR: what one Redis core
+ * does with the cheapest script that moves an item and counts it. */
+static double run_ceiling(void)
+{
+    static const char script[] = "local v = redis.call('RPOP', KEYS[1]) or 'x' "
+                                 "redis.call('LPUSH', KEYS[1], v) "
+                                 "return redis.call('INCR', KEYS[2])";
+    char sha[41];
+    load_script(script, sha);
+    if (cmd_int("EVALSHA %s 2 bench:list bench:n", sha) != 1)
+        die("the ceiling script does not count as expected");
+    char *extra[] = {"-P", "64", "-n", "1000000", "EVALSHA", sha, "2", "bench:list", "bench:n", NULL};
+    double rps = redis_benchmark("ceiling", extra);
     freeReplyObject(cmd("DEL bench:list bench:n"));
     return rps;
+}
+
+/* The contract's floor: a script that makes only the writes SPEC section 4
+ * asks for each lead (the record with its expiry, the audit entry, the
+ * duplicate digest, the push to a dealer queue) for FLOOR_LEADS leads per
+ * call, with no decoding, fence, checks, caps, statistics or ack. No
+ * commit script that keeps the contract can beat it; in database 9,
+ * emptied after. Returns leads per second. */
+#define FLOOR_LEADS 256
+static double run_floor(void)
+{
+    static const char script[] =
+        "local base, n, payload = ARGV[1], tonumber(ARGV[2]), ARGV[3] "
+        "for i = 1, n do "
+        "  local id = base .. ':' .. i "
+        "  local rec = 'floor:lead:' .. id "
+        "  redis.call('HSET', rec, 'dealers', 'd1', 'attempt', '1', 'niche', 'solar', 'payload', payload) "
+        "  redis.call('EXPIRE', rec, '2592000') "
+        "  redis.call('XADD', 'floor:audit', 'MAXLEN', '~', '1000000', '*', 'lead_id', id, "
+        "    'outcome', 'assigned', 'dealers', 'd1', 'rule', 'territory:zip', 'passed', '') "
+        "  redis.call('SET', 'floor:seen:' .. id, 'd1', 'NX', 'EX', '2592000') "
+        "  redis.call('RPUSH', 'floor:dealer:' .. (i % 200), payload) "
+        "end "
+        "return n";
+    char sha[41];
+    load_script(script, sha);
+    char payload[221], n[16];
+    memset(payload, 'p', sizeof payload - 1);
+    payload[sizeof payload - 1] = 0;
+    snprintf(n, sizeof n, "%d", FLOOR_LEADS);
+    char *extra[] = {"--dbnum", "9", "-r", "1000000000", "-c", "1", "-n", "400", "EVALSHA", sha, "0",
+                     "__rand_int__", n, payload, NULL};
+    double rps = redis_benchmark("floor", extra);
+    freeReplyObject(cmd("SELECT 9"));
+    freeReplyObject(cmd("FLUSHDB"));
+    freeReplyObject(cmd("SELECT 0"));
+    return rps * FLOOR_LEADS;
 }
 
 /* ------------------------------------------------------ measurement --- */
 
 struct result {
-    double leads_per_s, ceiling, cpu_us_per_lead, p50, p99; /* NAN = not measured */
+    double leads_per_s, ceiling, cpu_us_per_lead, p50, p99, floor; /* NAN = not measured */
 };
 
 static int cmp_i64(const void *a, const void *b)
@@ -1605,6 +1665,13 @@ static void print_result(const struct result *r)
         snprintf(e, sizeof e, "%.0f", r->p50);
     if (!isnan(r->p99))
         snprintf(f, sizeof f, "%.0f", r->p99);
+    if (!isnan(r->floor)) {
+        char g[32] = "na";
+        if (!isnan(r->leads_per_s))
+            snprintf(g, sizeof g, "%.3f", r->leads_per_s / r->floor);
+        printf("FLOOR contract_writes_leads_per_s=%.0f floor/ceiling=%.3f leads_per_s/floor=%s\n", r->floor,
+               isnan(r->ceiling) ? NAN : r->floor / r->ceiling, g);
+    }
     printf("RESULT leads_per_s=%s ceiling_evalsha_per_s=%s ratio=%s daemon_cpu_us_per_lead=%s p50_ms=%s "
            "p99_ms=%s\n",
            a, b, c, d, e, f);
@@ -1621,7 +1688,7 @@ static struct cfg *load_config(const char *path)
 
 static void run_bench(void)
 {
-    struct result res = {NAN, NAN, NAN, NAN, NAN};
+    struct result res = {NAN, NAN, NAN, NAN, NAN, NAN};
     char conf[PATH_MAX + 32];
     snprintf(conf, sizeof conf, "%s/bench.conf", env.dir);
     write_bench_config(conf);
@@ -1645,6 +1712,11 @@ static void run_bench(void)
         res.ceiling = run_ceiling();
         printf("ceiling: redis-benchmark -P 64 -n 1000000 EVALSHA (RPOP + LPUSH + INCR): %.0f calls/s\n",
                res.ceiling);
+        fflush(stdout);
+        res.floor = run_floor();
+        printf("floor: redis-benchmark EVALSHA of a script making only the per-lead writes of the contract "
+               "(record HSET+EXPIRE, audit XADD, digest SET NX EX, RPUSH), %d leads per call: %.0f leads/s\n",
+               FLOOR_LEADS, res.floor);
         fflush(stdout);
     }
 
