@@ -14,9 +14,9 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
         return NULL;
     uint32_t n = t->n_dealers ? t->n_dealers : 1;
     s->n_dealers = t->n_dealers;
-    s->rad_a = calloc(n, sizeof *s->rad_a);
-    s->mrg_a = calloc(n, sizeof *s->mrg_a);
-    s->mrg_b = calloc(n, sizeof *s->mrg_b);
+    s->best = calloc(n, sizeof *s->best);
+    s->bits = calloc(n / 64 + 1, sizeof *s->bits);
+    s->words = calloc(n / 64 + 1, sizeof *s->words);
     s->n_fkeys = t->n_fkeys;
     s->fgen = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fgen);
     s->fval = calloc(t->n_fkeys ? t->n_fkeys : 1, sizeof *s->fval);
@@ -28,10 +28,13 @@ struct rules_scratch *rules_scratch_new(const struct rules_table *t)
     s->cand = calloc(n, sizeof *s->cand);
     s->key = calloc(n, sizeof *s->key);
     s->ord = calloc(n, sizeof *s->ord);
-    s->tmpv = calloc(n, sizeof *s->tmpv);
+    s->cidx = calloc(n, sizeof *s->cidx);
+    s->cgrp = calloc(n, sizeof *s->cgrp);
     s->n_tzs = t->n_tzs;
     s->tzc = calloc(t->n_tzs ? t->n_tzs : 1, sizeof *s->tzc);
-    if (!s->rad_a || !s->mrg_a || !s->mrg_b || !s->fgen || !s->fval || !s->pre || !s->rgen || !s->rval || !s->verdicts || !s->cand || !s->key || !s->ord || !s->tmpv || !s->tzc) {
+    if (!s->best || !s->bits || !s->words || !s->fgen || !s->fval || !s->pre || !s->rgen || !s->rval ||
+        !s->verdicts || !s->cand || !s->key || !s->ord || !s->cidx || !s->cgrp ||
+        !s->tzc) {
         rules_scratch_free(s);
         return NULL;
     }
@@ -44,9 +47,9 @@ void rules_scratch_free(struct rules_scratch *s)
 {
     if (!s)
         return;
-    free(s->rad_a);
-    free(s->mrg_a);
-    free(s->mrg_b);
+    free(s->best);
+    free(s->bits);
+    free(s->words);
     free(s->fgen);
     free(s->fval);
     free(s->pre);
@@ -56,7 +59,8 @@ void rules_scratch_free(struct rules_scratch *s)
     free(s->cand);
     free(s->key);
     free(s->ord);
-    free(s->tmpv);
+    free(s->cidx);
+    free(s->cgrp);
     free(s->tzc);
     free(s);
 }
@@ -256,11 +260,9 @@ bool rules_hours_open(const struct rules_hours *h, int wday, int mod)
     return (today && mod >= h->from) || (yesterday && mod < h->to);
 }
 
-static bool open_now(const struct rules_table *t, struct rules_scratch *s, const struct rules_hot *d,
-                     int64_t now_ms)
+static bool open_now(const struct rules_table *t, struct rules_scratch *s, const struct rules_dhot *d,
+                     int64_t now_s, int64_t minute)
 {
-    int64_t now_s = now_ms >= 0 ? now_ms / 1000 : -((-now_ms + 999) / 1000);
-    int64_t minute = now_s >= 0 ? now_s / 60 : -((-now_s + 59) / 60);
     struct tz_cache *c = &s->tzc[d->tz];
     if (c->minute != minute) {
         struct lr_civil cv;
@@ -284,10 +286,10 @@ bool rules_dealer_open(const struct rules_table *t, uint32_t dealer, int64_t now
 }
 
 /* The contract's own verdict (independent of time and state). */
-static enum rules_why contract_check(const struct rules_table *t, struct rules_scratch *sc, uint32_t di,
-                                     const struct lead *l, int score, int grade, uint16_t *detail)
+static enum rules_why contract_check(const struct rules_table *t, struct rules_scratch *sc,
+                                     const struct rules_hot *h, const struct lead *l, int score, int grade,
+                                     uint16_t *detail)
 {
-    const struct rules_hot *h = &t->hot[di];
     if (score < h->min_score)
         return WHY_MIN_SCORE;
     if (h->grades && !(h->grades & (1u << grade)))
@@ -302,6 +304,30 @@ static enum rules_why contract_check(const struct rules_table *t, struct rules_s
         }
         if (!sc->rval[rid]) {
             *detail = (uint16_t)i;
+            return WHY_FILTER;
+        }
+    }
+    return WHY_CANDIDATE;
+}
+
+/* contract_check on the dealer's compact line: its rules_hot line is read
+ * only for grades, several filters, or a filter this lead has not met. */
+static inline enum rules_why contract_fast(const struct rules_table *t, struct rules_scratch *sc,
+                                           const struct rules_dhot *dh, uint32_t di, const struct lead *l,
+                                           int score, int grade, uint16_t *detail)
+{
+    if (dh->flags & DHOT_SLOW)
+        return contract_check(t, sc, &t->hot[di], l, score, grade, detail);
+    if (score < dh->min_score)
+        return WHY_MIN_SCORE;
+    if (dh->flags & DHOT_FILTER) {
+        uint32_t rid = dh->rid0;
+        if (sc->rgen[rid] != sc->dgen) {
+            sc->rval[rid] = filter_pass(t, sc, &t->cfilters[t->rid_cf[rid]], l, score);
+            sc->rgen[rid] = sc->dgen;
+        }
+        if (!sc->rval[rid]) {
+            *detail = 0;
             return WHY_FILTER;
         }
     }
@@ -346,33 +372,80 @@ static void sort_u64(uint64_t *k, uint32_t n)
     }
 }
 
-/* Orders candidate keys by (stage, tier), keeping config order within:
- * a counting sort when the tiers span little, else a comparison sort. */
-static void sort_cands(struct rules_scratch *s, uint32_t n)
+/* Candidate groups of one decision: (stage << 30 | tier) values seen, in
+ * order of appearance, and how many candidates each has. */
+#define CAND_MAXG 8
+struct cand_groups {
+    uint32_t key[CAND_MAXG], n[CAND_MAXG];
+    uint32_t ng, last, cur;
+    bool many; /* more than CAND_MAXG: a comparison sort */
+};
+
+static inline uint8_t cand_group(struct cand_groups *g, uint32_t key)
 {
-    if (n <= 32) {
-        sort_u64(s->ord, n); /* few: insertion beats counting */
-        return;
+    if (key != g->last) {
+        uint32_t j = 0;
+        while (j < g->ng && g->key[j] != key)
+            j++;
+        if (j == g->ng) {
+            if (g->ng == CAND_MAXG) {
+                g->many = true;
+                j = 0;
+            } else {
+                g->key[g->ng] = key;
+                g->n[g->ng++] = 0;
+            }
+        }
+        g->last = key;
+        g->cur = j;
     }
-    uint32_t lo = UINT32_MAX, hi = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        uint32_t tier = (uint32_t)(s->ord[i] >> 32) & 0x3fffffff;
-        lo = tier < lo ? tier : lo;
-        hi = tier > hi ? tier : hi;
+    g->n[g->cur]++;
+    return (uint8_t)g->cur;
+}
+
+/* Writes the candidates s->cidx[0..n) (verdict indexes, ascending) into
+ * cand ordered by (stage, tier), config order within; returns how many are
+ * in stage 0. */
+static uint32_t order_cands(struct rules_scratch *s, const struct rules_verdict *vs, uint32_t n,
+                            struct cand_groups *g, uint32_t *cand)
+{
+    const uint32_t *ci = s->cidx;
+    uint32_t n0 = 0;
+    if (g->many) {
+        uint64_t *k = s->ord;
+        bool sorted = true;
+        for (uint32_t i = 0; i < n; i++) {
+            const struct rules_verdict *v = &vs[ci[i]];
+            k[i] = (uint64_t)v->stage << 62 | (uint64_t)v->tier << 32 | ci[i];
+            sorted &= i == 0 || k[i - 1] <= k[i];
+        }
+        if (!sorted)
+            sort_u64(k, n);
+        for (uint32_t i = 0; i < n; i++) {
+            cand[i] = (uint32_t)k[i];
+            n0 += !(k[i] >> 62);
+        }
+        return n0;
     }
-    if (hi - lo >= 32) {
-        sort_u64(s->ord, n);
-        return;
+    if (g->ng <= 1) {
+        memcpy(cand, ci, n * sizeof *cand);
+        return g->ng && !(g->key[0] >> 30) ? n : 0;
     }
-    uint32_t count[65] = {0};
+    /* A counting sort over the few groups. */
+    uint32_t off[CAND_MAXG];
+    for (uint32_t a = 0; a < g->ng; a++) {
+        uint32_t o = 0;
+        for (uint32_t b = 0; b < g->ng; b++)
+            if (g->key[b] < g->key[a])
+                o += g->n[b];
+        off[a] = o;
+        if (!(g->key[a] >> 30))
+            n0 += g->n[a];
+    }
+    const uint8_t *cg = s->cgrp;
     for (uint32_t i = 0; i < n; i++)
-        count[1 + ((s->ord[i] >> 62) * 32 + (((s->ord[i] >> 32) & 0x3fffffff) - lo))]++;
-    for (int b = 1; b < 65; b++)
-        count[b] += count[b - 1];
-    uint64_t *out = s->mrg_a; /* free again once terr_lookup is done */
-    for (uint32_t i = 0; i < n; i++)
-        out[count[(s->ord[i] >> 62) * 32 + (((s->ord[i] >> 32) & 0x3fffffff) - lo)]++] = s->ord[i];
-    memcpy(s->ord, out, n * sizeof *out);
+        cand[off[cg[i]]++] = ci[i];
+    return n0;
 }
 
 static bool excluded(const struct rules_input *in, uint32_t d)
@@ -392,12 +465,15 @@ static uint64_t id_hash(const struct lead *l)
  * prefetched but never decided may hold another lead by now). */
 static struct rules_pre *pre_find(struct rules_scratch *s, const struct lead *l)
 {
-    for (uint32_t i = 0; i < RULES_PRE_RING; i++)
+    /* Newest first: a lead is usually found a few entries back. */
+    for (uint32_t k = 1; k <= RULES_PRE_RING; k++) {
+        uint32_t i = (s->pre_next - k) % RULES_PRE_RING;
         if (s->pre_l[i] == l) {
             if (s->pre[i].id_hash == id_hash(l))
                 return &s->pre[i];
             s->pre_l[i] = NULL; /* stale */
         }
+    }
     return NULL;
 }
 
@@ -457,9 +533,8 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     /* Step 5: dealers whose territory covers the lead, from the index. */
     if (l->has_geo)
         rules_geo_point(l->lat, l->lon, d->geo);
-    struct terr_hits h = {.u = d->geo, .hot = t->hot, .rr_base = (uint32_t)d->niche * t->n_dealers, .rad_a = s->rad_a,
-                          .mrg_a = s->mrg_a, .mrg_b = s->mrg_b,
-                          .v = s->verdicts};
+    struct terr_hits h = {.u = d->geo, .dhot = t->dhot, .dweight = t->dweight, .rr_base = (uint32_t)d->niche * t->n_dealers,
+                          .best = s->best, .bits = s->bits, .words = s->words, .v = s->verdicts};
     if (pre && pre->stage == 1) {
         terr_merge(t, pre->L, pre->nl, &h);
     } else {
@@ -477,64 +552,67 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
         memset(s->rgen, 0, s->n_rids * sizeof *s->rgen);
         s->dgen = 1;
     }
+    int64_t now_ms = in->now_ms;
+    int64_t now_s = now_ms >= 0 ? now_ms / 1000 : -((-now_ms + 999) / 1000);
+    int64_t minute = now_s >= 0 ? now_s / 60 : -((-now_s + 59) / 60);
 
-    /* Contract first: it decides ownership (SPEC: an exclusive dealer owns a
-     * lead only if its territory covers it and its contract accepts it). */
+    /* One pass over the dealers: the contract first (it decides ownership;
+     * SPEC: an exclusive dealer owns a lead only if its territory covers it
+     * and its contract accepts it), then exclusions, pauses and hours.
+     * Candidates are grouped by (stage, tier) for the ordering below, as if
+     * nobody owned the lead: the usual case. */
     int owner_match = MATCH_NONE;
+    uint32_t nc = 0;
+    struct cand_groups g = {.last = UINT32_MAX};
     for (uint32_t i = 0; i < h.n; i++) {
         struct rules_verdict *v = &d->verdicts[i];
-        v->why = (uint8_t)contract_check(t, s, v->dealer, l, d->score, d->grade, &v->detail);
-        if (v->why == WHY_CANDIDATE && (t->hot[v->dealer].flags & RHOT_EXCLUSIVE) && v->match > owner_match)
-            owner_match = v->match;
+        const struct rules_dhot *dh = &t->dhot[v->dealer];
+        v->tier = dh->tier;
+        enum rules_why why = contract_fast(t, s, dh, v->dealer, l, d->score, d->grade, &v->detail);
+        if (why == WHY_CANDIDATE) {
+            if ((dh->flags & RHOT_EXCLUSIVE) && v->match > owner_match)
+                owner_match = v->match;
+            if (in->n_exclude && excluded(in, v->dealer))
+                why = WHY_ALREADY_HAD;
+            else if (in->paused && in->paused[v->dealer])
+                why = WHY_PAUSED;
+            else if ((dh->flags & RHOT_HOURS) && !open_now(t, s, dh, now_s, minute))
+                why = WHY_CLOSED;
+            else {
+                s->cgrp[nc] = cand_group(&g, dh->tier);
+                s->cidx[nc++] = i;
+            }
+        }
+        v->why = (uint8_t)why;
     }
     /* Owners are the accepting exclusive dealers with the most specific
-     * match (an exclusive zip beats an exclusive state). Candidates are then
-     * keyed by (stage, tier, config order) for the sort below. */
-    for (uint32_t i = 0; i < h.n && owner_match != MATCH_NONE; i++) {
-        struct rules_verdict *v = &d->verdicts[i];
-        const struct rules_hot *hd = &t->hot[v->dealer];
-        if (v->why != WHY_CANDIDATE)
-            continue;
-        bool owner = (hd->flags & RHOT_EXCLUSIVE) && v->match == owner_match;
-        v->stage = !owner;
-        if (owner) {
-            d->owners = true;
-            d->hold |= (hd->flags & RHOT_HOLD) != 0;
+     * match (an exclusive zip beats an exclusive state); the others are
+     * released to stage 1, or held when an owner says so. */
+    if (owner_match != MATCH_NONE) {
+        for (uint32_t i = 0; i < h.n; i++) {
+            struct rules_verdict *v = &d->verdicts[i];
+            if (v->why == WHY_MIN_SCORE || v->why == WHY_GRADE || v->why == WHY_FILTER)
+                continue;
+            uint8_t fl = t->dhot[v->dealer].flags;
+            bool owner = (fl & RHOT_EXCLUSIVE) && v->match == owner_match;
+            v->stage = !owner;
+            if (owner) {
+                d->owners = true;
+                d->hold |= (fl & RHOT_HOLD) != 0;
+            }
         }
-    }
-    uint32_t nc = 0;
-    bool sorted = true;
-    for (uint32_t i = 0; i < h.n; i++) {
-        struct rules_verdict *v = &d->verdicts[i];
-        if (v->why != WHY_CANDIDATE)
-            continue;
-        const struct rules_hot *hd = &t->hot[v->dealer];
-        if (in->n_exclude && excluded(in, v->dealer))
-            v->why = WHY_ALREADY_HAD;
-        else if (in->paused && in->paused[v->dealer])
-            v->why = WHY_PAUSED;
-        else if ((hd->flags & RHOT_HOURS) && !open_now(t, s, hd, in->now_ms))
-            v->why = WHY_CLOSED;
-        else if (v->stage == 1 && d->hold)
-            v->why = WHY_OWNER; /* held for the owners: never released */
-        else
-        {
-            uint64_t key = (uint64_t)v->stage << 62 | (uint64_t)hd->tier << 32 | i;
-            sorted &= nc == 0 || s->ord[nc - 1] <= key;
-            s->ord[nc++] = key;
+        uint32_t o = 0;
+        for (uint32_t x = 0; x < nc; x++) {
+            struct rules_verdict *v = &d->verdicts[s->cidx[x]];
+            if (v->stage == 1 && d->hold)
+                v->why = WHY_OWNER; /* held for the owners: never released */
+            else
+                s->cidx[o++] = s->cidx[x];
         }
+        nc = o;
+        g.many = true; /* two stages: the general order */
     }
-    /* Verdicts come in config order, so with one tier (the usual case)
-     * the candidates are sorted already. */
-    if (!sorted)
-        sort_cands(s, nc);
-    uint32_t n0 = 0;
-    for (uint32_t i = 0; i < nc; i++) {
-        uint32_t vi = (uint32_t)s->ord[i];
-        d->cand[i] = vi;
-        n0 += d->verdicts[vi].stage == 0;
-    }
-    d->stage_end[0] = n0;
+    d->stage_end[0] = order_cands(s, d->verdicts, nc, &g, d->cand);
     d->stage_end[1] = nc;
     if (nc == 0)
         d->reason = rules_most_telling(d);

@@ -3,6 +3,7 @@
  * (exclusive owners, then the released field). */
 #include <math.h>
 #include <stdio.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -75,7 +76,7 @@ static uint32_t swrr_step(const struct rules_table *t, const struct rules_decisi
     int64_t best_val = 0;
     for (uint32_t i = 0; i < m; i++) {
         const struct rules_verdict *v = &d->verdicts[c[i]];
-        int64_t w = unit ? 1 : weight ? (int64_t)weight[v->dealer] : t->hot[v->dealer].weight;
+        int64_t w = unit ? 1 : weight ? (int64_t)weight[v->dealer] : t->dweight[v->dealer];
         uint32_t slot = v->rr_slot;
         rr[slot] += w;
         total += w;
@@ -97,51 +98,63 @@ static uint32_t min_key(const double *k, uint32_t m)
     return best;
 }
 
-static void pick_one(struct rules_decision *d, uint32_t *c, double *k, uint32_t pos, int stage)
+/* Takes c[pos] and moves it to the front. The rest stays in config order
+ * (ties must stay "listed first") while more picks follow; after the last
+ * one it is a plain swap. */
+static void pick_one(struct rules_decision *d, uint32_t *c, double *k, uint32_t pos, int stage, bool more)
 {
     struct rules_verdict *v = &d->verdicts[c[pos]];
     v->why = WHY_PICKED;
     d->picked[d->n_picked++] = v->dealer;
     d->picked_stage = stage;
-    /* Keep the rest contiguous after the picked ones. */
-    swap_u32(&c[0], &c[pos]);
-    swap_dbl(&k[0], &k[pos]);
+    if (!more || pos == 0) {
+        swap_u32(&c[0], &c[pos]);
+        if (k)
+            swap_dbl(&k[0], &k[pos]);
+        return;
+    }
+    uint32_t cp = c[pos];
+    memmove(c + 1, c, pos * sizeof *c);
+    c[0] = cp;
+    if (k) {
+        double kp = k[pos];
+        memmove(k + 1, k, pos * sizeof *k);
+        k[0] = kp;
+    }
 }
 
-/* Picks within one tier group c[0..m) (already cap-filtered) until k. */
+/* Picks within one tier group c[0..m) (already cap-filtered, config
+ * order) until k. */
 static void pick_tier(const struct rules_table *t, struct rules_decision *d, const struct rules_input *in,
                       const struct lead *l, uint32_t *c, uint32_t m, uint32_t k, int stage, int64_t *rr)
 {
     const struct rules_niche *n = &t->niches[d->niche];
-    double *key = d->sortkey;
-    for (uint32_t i = 0; i < m; i++) {
+    bool rot = n->strategy == STRAT_WEIGHTED || n->strategy == STRAT_ROUND_ROBIN;
+    double *key = rot ? NULL : d->sortkey; /* the rotation needs no keys */
+    for (uint32_t i = 0; i < m && key; i++) {
         uint32_t di = d->verdicts[c[i]].dealer;
-        const struct rules_hot *dl = &t->hot[di];
         key[i] = 0;
         if (n->strategy == STRAT_NEAREST) /* the chord orders like the great circle */
-            key[i] = (dl->flags & RHOT_RADIUS) && l->has_geo ? terr_chord2(t, di, d->geo) : INFINITY;
+            key[i] = (t->dhot[di].flags & RHOT_RADIUS) && l->has_geo ? terr_chord2(t, di, d->geo) : INFINITY;
         else if (n->strategy == STRAT_LEAST_LOADED) {
-            double used = in->usage ? in->usage[d->verdicts[c[i]].dealer].used[PERIOD_DAY] : 0;
-            key[i] = dl->caps[PERIOD_DAY] ? used / dl->caps[PERIOD_DAY] : used;
+            double used = in->usage ? in->usage[di].used[PERIOD_DAY] : 0;
+            if (used) /* 0 either way otherwise: the cap stays unread */
+                key[i] = t->hot[di].caps[PERIOD_DAY] ? used / t->hot[di].caps[PERIOD_DAY] : used;
         }
     }
     while (m > 0 && d->n_picked < k) {
         uint32_t p;
-        if (n->strategy == STRAT_WEIGHTED || n->strategy == STRAT_ROUND_ROBIN)
+        if (rot)
             p = swrr_step(t, d, in->weight, c, m, n->strategy == STRAT_ROUND_ROBIN, rr);
         else
             p = min_key(key, m);
-        pick_one(d, c, key, p, stage);
+        /* Ties must stay "listed first": the rest keeps its config order
+         * while more picks follow. */
+        pick_one(d, c, key, p, stage, d->n_picked + 1 < k && m > 2);
         c++;
-        key++;
+        if (key)
+            key++;
         m--;
-        /* Ties must stay "listed first": restore the config order of the
-         * rest, which the swap may have disturbed. */
-        for (uint32_t i = 1; i < m && d->n_picked < k; i++)
-            for (uint32_t j = i; j > 0 && c[j - 1] > c[j]; j--) {
-                swap_u32(&c[j - 1], &c[j]);
-                swap_dbl(&key[j - 1], &key[j]);
-            }
     }
 }
 
@@ -155,15 +168,15 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
     for (int stage = 0; stage < 2 && d->n_picked == 0; stage++) {
         uint32_t hi = d->stage_end[stage];
         for (uint32_t i = lo; i < hi;) {
-            int tier = t->hot[d->verdicts[d->cand[i]].dealer].tier;
+            uint16_t tier = d->verdicts[d->cand[i]].tier;
             uint32_t j = i;
-            while (j < hi && t->hot[d->verdicts[d->cand[j]].dealer].tier == tier)
+            while (j < hi && d->verdicts[d->cand[j]].tier == tier)
                 j++;
             if (d->n_picked < k) {
                 /* Caps before the pick: a capped dealer neither wins nor
                  * gains rotation value. Eligible ones move to the front. */
-                uint32_t m = 0;
-                for (uint32_t x = i; x < j; x++) {
+                uint32_t m = in->usage ? 0 : j - i; /* no usage: nobody is capped */
+                for (uint32_t x = i; x < j && in->usage; x++) {
                     struct rules_verdict *v = &d->verdicts[d->cand[x]];
                     enum rules_why w = cap_check(&t->hot[v->dealer], in->usage ? &in->usage[v->dealer] : NULL);
                     if (w != WHY_CANDIDATE)
@@ -179,10 +192,11 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
     }
     /* Whoever is still a candidate lost to the picked ones (or, in the
      * released stage, to the owners). */
+    uint8_t lost1 = (uint8_t)(d->picked_stage == 0 ? WHY_OWNER : WHY_NOT_PICKED);
     for (uint32_t i = 0; i < d->n_verdicts; i++) {
         struct rules_verdict *v = &d->verdicts[i];
         if (v->why == WHY_CANDIDATE)
-            v->why = (uint8_t)(d->picked_stage == 0 && v->stage == 1 ? WHY_OWNER : WHY_NOT_PICKED);
+            v->why = v->stage == 1 ? lost1 : (uint8_t)WHY_NOT_PICKED;
     }
     if (d->n_picked == 0)
         d->reason = rules_most_telling(d);

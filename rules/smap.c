@@ -28,8 +28,19 @@ uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
         len -= 8;
     }
     if (len) {
-        uint64_t w = 0;
-        memcpy(&w, key, len);
+        /* The last 1-7 bytes in one word without a byte loop: two
+         * overlapping 4-byte loads, or bytes 0, len/2 and len-1 (with the
+         * length mixed in above, either way every byte counts). */
+        uint64_t w;
+        if (len >= 4) {
+            uint32_t a, b;
+            memcpy(&a, key, 4);
+            memcpy(&b, key + len - 4, 4);
+            w = a | (uint64_t)b << 32;
+        } else {
+            w = (uint64_t)(unsigned char)key[0] | (uint64_t)(unsigned char)key[len / 2] << 8 |
+                (uint64_t)(unsigned char)key[len - 1] << 16;
+        }
         h = (h ^ w) * k;
     }
     h ^= h >> 29;
@@ -217,14 +228,25 @@ void smap_prefetch_h(const struct smap *m, uint64_t h)
 
 int smap_fold(char *buf, const char *s, size_t len, bool upper, bool strip)
 {
-    if (len > SMAP_MAX_KEY && !strip)
-        return -1;
     /* Branch-free ASCII case folding: flip bit 5 of letters of the other case. */
     unsigned char lo = upper ? 'a' : 'A';
+    if (len <= SMAP_MAX_KEY) {
+        /* Usually no space to strip: one straight pass. */
+        bool space = false;
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)s[i];
+            space |= c == ' ';
+            buf[i] = (char)(c ^ (((unsigned)(c - lo) < 26u) << 5));
+        }
+        if (!strip || !space)
+            return (int)len;
+    } else if (!strip) {
+        return -1;
+    }
     size_t o = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (strip && c == ' ')
+        if (c == ' ')
             continue;
         if (o == SMAP_MAX_KEY)
             return -1;

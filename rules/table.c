@@ -185,10 +185,13 @@ void rules_table_free(struct rules_table *t)
     }
     classify_free(t->cls);
     free(t->hot);
+    free(t->dhot);
+    free(t->dweight);
     free(t->cfilters);
     free(t->geo);
     free(t->geo_exact);
     free(t->fkeys);
+    free(t->rid_cf);
     free(t);
 }
 
@@ -373,10 +376,12 @@ static int compile_hot(struct rules_table *t)
     for (uint32_t i = 0; i < t->n_dealers; i++)
         nf += t->dealers[i].n_filters;
     t->hot = smap_alloc_table(n * sizeof *t->hot);
+    t->dhot = smap_alloc_table(n * sizeof *t->dhot);
+    t->dweight = smap_alloc_table(n * sizeof *t->dweight);
     t->cfilters = calloc(nf, sizeof *t->cfilters);
     t->geo = smap_alloc_table(n * sizeof *t->geo);
     t->geo_exact = calloc(n, sizeof *t->geo_exact);
-    if (!t->hot || !t->cfilters || !t->geo || !t->geo_exact)
+    if (!t->hot || !t->dhot || !t->dweight || !t->cfilters || !t->geo || !t->geo_exact)
         return -1;
     struct rid_map m = {0};
     uint32_t size = 16;
@@ -411,6 +416,11 @@ static int compile_hot(struct rules_table *t)
             rc = compile_filter(t, &m, &d->filters[k], &t->cfilters[fo++]);
         if (d->n_filters && rc == 0)
             h->rid0 = t->cfilters[h->filt_off].rid;
+        t->dhot[i] = (struct rules_dhot){
+            .rid0 = h->rid0, .min_score = h->min_score, .tier = h->tier, .tz = h->tz, .from = h->from,
+            .to = h->to, .days = h->days,
+            .flags = (uint8_t)(h->flags | (h->n_filt ? DHOT_FILTER : 0) | (h->grades || h->n_filt > 1 ? DHOT_SLOW : 0))};
+        t->dweight[i] = h->weight;
         if (d->has_radius) {
             double u[3], theta = d->km / 6371.0;
             rules_geo_point(d->lat, d->lon, u);
@@ -427,6 +437,14 @@ static int compile_hot(struct rules_table *t)
     free(m.sig);
     free(m.rep);
     free(m.rid);
+    if (rc)
+        return rc;
+    /* A filter a lead has not met is read from one place, whoever has it. */
+    t->rid_cf = malloc((t->n_rids ? t->n_rids : 1) * sizeof *t->rid_cf);
+    if (!t->rid_cf)
+        return -1;
+    for (uint32_t i = fo; i-- > 0;)
+        t->rid_cf[t->cfilters[i].rid] = i;
     for (uint32_t i = 0; i < t->n_weights; i++)
         t->weights[i].signal_len = (uint32_t)strlen(t->weights[i].signal);
     return rc;

@@ -60,6 +60,7 @@ struct rules_verdict {
     uint8_t match;   /* enum rules_match */
     uint8_t stage;   /* 0: owners or open field, 1: released to non-owners */
     uint16_t detail; /* WHY_FILTER: filter index */
+    uint16_t tier;   /* the dealer's tier (copied for rules_pick) */
 };
 
 /* Per-dealer counters the daemon knows (from Redis). */

@@ -151,6 +151,7 @@ struct rules_geo_exact {
 
 struct terr_index;
 struct rules_classify;
+struct rules_dhot;
 
 struct rules_table {
     struct rules_niche *niches;
@@ -172,12 +173,15 @@ struct rules_table {
     bool compiled;
     uint32_t n_rr_slots;         /* rotation state size: n_niches * n_dealers */
     struct rules_hot *hot;       /* per dealer (owned) */
+    struct rules_dhot *dhot;     /* per dealer: the part of hot every decision reads, compact (owned) */
+    uint32_t *dweight;           /* per dealer: hot[].weight, dense for the rotation (owned) */
     struct rules_cfilter *cfilters; /* every dealer's filters, dealer order (owned) */
     struct rules_geo *geo;       /* per dealer, when it has a radius (owned) */
     struct rules_geo_exact *geo_exact; /* the same in doubles (owned) */
     const char **fkeys;          /* distinct filter field names (owned array, ref strings) */
     uint32_t n_fkeys;
     uint32_t n_rids;             /* distinct filters */
+    uint32_t *rid_cf;            /* per distinct filter: the index of one of its cfilters (owned) */
     struct terr_index *terr;     /* owned */
     struct rules_classify *cls;  /* owned */
 };
