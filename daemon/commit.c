@@ -90,7 +90,8 @@ static void fixup(struct commit_args *a)
         a->argv[i] = a->buf + a->off[i];
 }
 
-void commit_args_free(struct commit_args *a)
+/* The tables sized for a->table (see commit_begin). */
+static void free_tables(struct commit_args *a)
 {
     free(a->dpos);
     free(a->dlist);
@@ -98,6 +99,11 @@ void commit_args_free(struct commit_args *a)
     free(a->rrlist);
     free(a->bk);
     free(a->bkseen);
+}
+
+void commit_args_free(struct commit_args *a)
+{
+    free_tables(a);
     free(a->argv);
     free(a->len);
     free(a->off);
@@ -156,12 +162,7 @@ int commit_begin(struct commit_args *a, const struct cfg *c, enum commit_mode mo
     a->nd = 0;
     a->nrr = 0;
     if (a->table != c->rules) {
-        free(a->dpos);
-        free(a->dlist);
-        free(a->rrpos);
-        free(a->rrlist);
-        free(a->bk);
-        free(a->bkseen);
+        free_tables(a);
         size_t n = c->rules->n_dealers ? c->rules->n_dealers : 1;
         size_t nz = c->rules->n_tzs ? c->rules->n_tzs : 1;
         size_t nr = c->rules->n_rr_slots ? c->rules->n_rr_slots : 1;

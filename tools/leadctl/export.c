@@ -246,6 +246,28 @@ static const char *map_prefix(const msgpack_object *k)
     return NULL;
 }
 
+/* Calls fn for every column of a lead: its plain keys, and the keys of its
+ * contact, fields and signals maps under their "contact." ... prefix. */
+typedef void column_fn(void *ctx, const char *prefix, const char *name, size_t len, const msgpack_object *val);
+static void each_column(const msgpack_object *lead, column_fn *fn, void *ctx)
+{
+    for (uint32_t k = 0; k < lead->via.map.size; k++) {
+        const msgpack_object *key = &lead->via.map.ptr[k].key, *val = &lead->via.map.ptr[k].val;
+        if (key->type != MSGPACK_OBJECT_STR)
+            continue;
+        const char *prefix = map_prefix(key);
+        if (prefix && val->type == MSGPACK_OBJECT_MAP) {
+            for (uint32_t j = 0; j < val->via.map.size; j++) {
+                const msgpack_object *sk = &val->via.map.ptr[j].key;
+                if (sk->type == MSGPACK_OBJECT_STR)
+                    fn(ctx, prefix, sk->via.str.ptr, sk->via.str.size, &val->via.map.ptr[j].val);
+            }
+        } else {
+            fn(ctx, "", key->via.str.ptr, key->via.str.size, val);
+        }
+    }
+}
+
 /* ---- the entries -------------------------------------------------------- */
 
 struct export
@@ -357,6 +379,18 @@ static const msgpack_object *unpack(struct export *x, const char *p, size_t len,
     return lead && lead->type == MSGPACK_OBJECT_MAP ? lead : NULL;
 }
 
+struct found_ctx {
+    struct cols *found;
+    int rc;
+};
+
+static void add_found(void *ctx, const char *prefix, const char *name, size_t len, const msgpack_object *val)
+{
+    (void)val;
+    struct found_ctx *fc = ctx;
+    fc->rc |= cols_add(fc->found, prefix, name, len);
+}
+
 /* Pass 1: the columns of every entry's lead, in a stable order: the known
  * lead keys first, then other keys as first seen, then the assignment's. */
 static int collect(struct export *x)
@@ -375,21 +409,9 @@ static int collect(struct export *x)
             x->malformed++;
             continue;
         }
-        for (uint32_t k = 0; k < lead->via.map.size; k++) {
-            const msgpack_object *key = &lead->via.map.ptr[k].key, *val = &lead->via.map.ptr[k].val;
-            if (key->type != MSGPACK_OBJECT_STR)
-                continue;
-            const char *prefix = map_prefix(key);
-            if (prefix && val->type == MSGPACK_OBJECT_MAP) {
-                for (uint32_t j = 0; j < val->via.map.size; j++) {
-                    const msgpack_object *sk = &val->via.map.ptr[j].key;
-                    if (sk->type == MSGPACK_OBJECT_STR)
-                        rc |= cols_add(&found, prefix, sk->via.str.ptr, sk->via.str.size);
-                }
-            } else {
-                rc |= cols_add(&found, "", key->via.str.ptr, key->via.str.size);
-            }
-        }
+        struct found_ctx fc = {&found, 0};
+        each_column(lead, add_found, &fc);
+        rc |= fc.rc;
     }
     /* known keys that appear, in SPEC order; then the rest as found,
      * plain keys before contact, fields, signals */
@@ -428,31 +450,25 @@ static void fmt_ms(int64_t ms, char *out, size_t len)
 }
 
 /* The cells of one entry: cell[i] = the value of column i, or NULL. */
+struct place_ctx {
+    const struct export *x;
+    const msgpack_object **cell;
+};
+
+static void put_cell(void *ctx, const char *prefix, const char *name, size_t len, const msgpack_object *val)
+{
+    struct place_ctx *pc = ctx;
+    long c = cols_find(&pc->x->cols, prefix, name, len);
+    if (c >= 0 && (size_t)c < pc->x->n_lead_cols)
+        pc->cell[c] = val;
+}
+
 static void place(struct export *x, const msgpack_object *root, const msgpack_object *lead,
                   const msgpack_object **cell)
 {
     for (size_t i = 0; i < x->cols.n; i++)
         cell[i] = NULL;
-    for (uint32_t k = 0; k < lead->via.map.size; k++) {
-        const msgpack_object *key = &lead->via.map.ptr[k].key, *val = &lead->via.map.ptr[k].val;
-        if (key->type != MSGPACK_OBJECT_STR)
-            continue;
-        const char *prefix = map_prefix(key);
-        if (prefix && val->type == MSGPACK_OBJECT_MAP) {
-            for (uint32_t j = 0; j < val->via.map.size; j++) {
-                const msgpack_object *sk = &val->via.map.ptr[j].key;
-                long c = sk->type == MSGPACK_OBJECT_STR
-                             ? cols_find(&x->cols, prefix, sk->via.str.ptr, sk->via.str.size)
-                             : -1;
-                if (c >= 0 && (size_t)c < x->n_lead_cols)
-                    cell[c] = &val->via.map.ptr[j].val;
-            }
-        } else {
-            long c = cols_find(&x->cols, "", key->via.str.ptr, key->via.str.size);
-            if (c >= 0 && (size_t)c < x->n_lead_cols)
-                cell[c] = val;
-        }
-    }
+    each_column(lead, put_cell, &(struct place_ctx){x, cell});
     for (size_t i = 0; i < N_ASG; i++)
         cell[x->n_lead_cols + i] = map_get(root, asg_keys[i]);
 }

@@ -394,31 +394,32 @@ static bool parse_int(const char *s, size_t n, bool strict, int64_t *v)
 
 /* A decimal number: -?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)? and finite. Not
  * inf, nan, hex or a bare ".5": those are text in a spreadsheet. */
+/* Moves *i past a run of digits; false if there is none. */
+static bool skip_digits(const char *s, size_t n, size_t *i)
+{
+    size_t d0 = *i;
+    while (*i < n && s[*i] >= '0' && s[*i] <= '9')
+        (*i)++;
+    return *i > d0;
+}
+
 static bool parse_float(const char *s, size_t n, double *v)
 {
     size_t i = 0;
     if (i < n && s[i] == '-')
         i++;
-    size_t d0 = i;
-    while (i < n && s[i] >= '0' && s[i] <= '9')
-        i++;
-    if (i == d0)
+    if (!skip_digits(s, n, &i))
         return false;
     if (i < n && s[i] == '.') {
-        size_t f0 = ++i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == f0)
+        i++;
+        if (!skip_digits(s, n, &i))
             return false;
     }
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         i++;
         if (i < n && (s[i] == '+' || s[i] == '-'))
             i++;
-        size_t e0 = i;
-        while (i < n && s[i] >= '0' && s[i] <= '9')
-            i++;
-        if (i == e0)
+        if (!skip_digits(s, n, &i))
             return false;
     }
     if (i != n || n > 64)

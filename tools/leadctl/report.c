@@ -290,6 +290,23 @@ static void num(long long v, char *out, size_t len)
         snprintf(out, len, "%lld", v);
 }
 
+/* The cells of a row, as text ("-": not applicable), in column order:
+ * received, assigned, unassigned, returned, duplicates, share %, assigned %. */
+#define ROW_CELLS 7
+static void row_cells(const struct row *x, char cell[ROW_CELLS][32])
+{
+    num(x->received, cell[0], 32);
+    num(x->assigned, cell[1], 32);
+    num(x->unassigned, cell[2], 32);
+    num(x->returned, cell[3], 32);
+    num(x->duplicates, cell[4], 32);
+    if (x->share < 0)
+        snprintf(cell[5], 32, "-");
+    else
+        snprintf(cell[5], 32, "%.1f", x->share);
+    pct((double)x->assigned, (double)x->received, cell[6], 32);
+}
+
 /* A name safe for an aligned terminal table. */
 static void shown_name(const char *s, char *out, size_t len)
 {
@@ -305,7 +322,7 @@ static void print_rows(enum report_by by, const struct row *rows, size_t n)
 {
     static const char *const heads[] = {"RECEIVED",   "ASSIGNED", "UNASSIGNED", "RETURNED",
                                         "DUPLICATES", "SHARE%",   "ASSIGNED%"};
-    enum { NC = 7 };
+    enum { NC = ROW_CELLS };
     /* the columns that mean something for this grouping */
     static const bool shown[4][NC] = {
         [BY_NICHE] = {1, 1, 1, 1, 1, 1, 1},
@@ -328,16 +345,7 @@ static void print_rows(enum report_by by, const struct row *rows, size_t n)
         }
         for (size_t k = 0; k < n; k++) {
             const struct row *x = &rows[k];
-            num(x->received, cell[0], sizeof cell[0]);
-            num(x->assigned, cell[1], sizeof cell[1]);
-            num(x->unassigned, cell[2], sizeof cell[2]);
-            num(x->returned, cell[3], sizeof cell[3]);
-            num(x->duplicates, cell[4], sizeof cell[4]);
-            if (x->share < 0)
-                snprintf(cell[5], sizeof cell[5], "-");
-            else
-                snprintf(cell[5], sizeof cell[5], "%.1f", x->share);
-            pct((double)x->assigned, (double)x->received, cell[6], sizeof cell[6]);
+            row_cells(x, cell);
             shown_name(x->name, name, sizeof name);
             if (pass == 0) {
                 if ((int)strlen(name) > w0)
@@ -361,19 +369,10 @@ static void csv_rows(enum report_by by, const struct row *rows, size_t n)
     printf("%s,received,assigned,unassigned,returned,duplicates,share_pct,assigned_pct\r\n", by_names[by]);
     for (size_t k = 0; k < n; k++) {
         const struct row *x = &rows[k];
-        char c[7][32];
-        num(x->received, c[0], sizeof c[0]);
-        num(x->assigned, c[1], sizeof c[1]);
-        num(x->unassigned, c[2], sizeof c[2]);
-        num(x->returned, c[3], sizeof c[3]);
-        num(x->duplicates, c[4], sizeof c[4]);
-        if (x->share < 0)
-            snprintf(c[5], sizeof c[5], "-");
-        else
-            snprintf(c[5], sizeof c[5], "%.1f", x->share);
-        pct((double)x->assigned, (double)x->received, c[6], sizeof c[6]);
+        char c[ROW_CELLS][32];
+        row_cells(x, c);
         csv_write_field(stdout, x->name, strlen(x->name), ',');
-        for (int i = 0; i < 7; i++)
+        for (int i = 0; i < ROW_CELLS; i++)
             printf(",%s", strcmp(c[i], "-") == 0 ? "" : c[i]);
         printf("\r\n");
     }
