@@ -461,15 +461,17 @@ static uint64_t id_hash(const struct lead *l)
     return smap_hash(0, l->id.p, l->id.len);
 }
 
-/* The ring entry of l: same address and same id (the memory of a lead
- * prefetched but never decided may hold another lead by now). */
-static struct rules_pre *pre_find(struct rules_scratch *s, const struct lead *l)
+/* The ring entry of l: same address and, when check is set, same id (the
+ * memory of a lead prefetched but never decided may hold another lead by
+ * now). Later prefetch stages skip the check: l does not change between
+ * them, and rules_decide checks before it reuses anything. */
+static struct rules_pre *pre_find(struct rules_scratch *s, const struct lead *l, bool check)
 {
     /* Newest first: a lead is usually found a few entries back. */
     for (uint32_t k = 1; k <= RULES_PRE_RING; k++) {
         uint32_t i = (s->pre_next - k) % RULES_PRE_RING;
         if (s->pre_l[i] == l) {
-            if (s->pre[i].id_hash == id_hash(l))
+            if (!check || s->pre[i].id_hash == id_hash(l))
                 return &s->pre[i];
             s->pre_l[i] = NULL; /* stale */
         }
@@ -477,16 +479,17 @@ static struct rules_pre *pre_find(struct rules_scratch *s, const struct lead *l)
     return NULL;
 }
 
-void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage)
+void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage,
+                    const int64_t *rr)
 {
-    struct rules_pre *e = pre_find(s, l);
-    if (stage == 0 || !e) {
+    struct rules_pre *e = pre_find(s, l, false);
+    if (stage == 0 || !e) { /* (again) from the start, l's content as it is now */
         if (!e) {
             uint32_t i = s->pre_next++ % RULES_PRE_RING;
             e = &s->pre[i];
             s->pre_l[i] = l;
-            e->id_hash = id_hash(l);
         }
+        e->id_hash = id_hash(l);
         e->stage = 0;
         e->niche = classify(t, l, &e->how);
         if (e->niche < 0)
@@ -495,11 +498,21 @@ void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const 
         terr_prefetch_slots(t->terr, &e->k);
         return;
     }
-    if (e->niche < 0 || e->stage == 1)
+    if (e->niche < 0 || e->stage >= stage)
         return;
-    e->nl = terr_postings(t->terr, &e->k, e->L);
-    e->stage = 1;
-    terr_prefetch_dealers(t, e->L, e->nl);
+    const int64_t *rr_niche = rr ? rr + (size_t)e->niche * t->n_dealers : NULL;
+    if (e->stage == 0) { /* one stage per call: what it loads is used by the next */
+        e->nl = terr_postings(t->terr, &e->k, e->L);
+        e->stage = 1;
+        terr_prefetch_dealers(t, e->L, e->nl, rr_niche);
+        return;
+    }
+    e->stage = 2;
+    if (l->has_geo) {
+        rules_geo_point(l->lat, l->lon, e->u);
+        e->nl = terr_resolve_radius(t, e->L, e->nl, e->u, e->hits, RULES_PRE_HITS, rr_niche,
+                                    t->niches[e->niche].strategy == STRAT_NEAREST);
+    }
 }
 
 void rules_decide(const struct rules_table *t, struct rules_scratch *s, const struct lead *l,
@@ -515,7 +528,7 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
     d->owners = d->hold = false;
     d->sortkey = s->key;
     /* Reuse what rules_prefetch computed for this lead, if anything. */
-    struct rules_pre *pre = pre_find(s, l);
+    struct rules_pre *pre = pre_find(s, l, true);
     if (pre) {
         s->pre_l[pre - s->pre] = NULL; /* used once: the caller may reuse the lead's memory */
         d->niche = pre->niche;
@@ -531,11 +544,13 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
         return;
     }
     /* Step 5: dealers whose territory covers the lead, from the index. */
-    if (l->has_geo)
+    if (l->has_geo && pre && pre->stage == 2)
+        memcpy(d->geo, pre->u, sizeof d->geo);
+    else if (l->has_geo)
         rules_geo_point(l->lat, l->lon, d->geo);
     struct terr_hits h = {.u = d->geo, .dhot = t->dhot, .dweight = t->dweight, .rr_base = (uint32_t)d->niche * t->n_dealers,
                           .best = s->best, .bits = s->bits, .words = s->words, .v = s->verdicts};
-    if (pre && pre->stage == 1) {
+    if (pre && pre->stage >= 1) {
         terr_merge(t, pre->L, pre->nl, &h);
     } else {
         struct terr_keys kbuf, *k = &kbuf;

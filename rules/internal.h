@@ -28,7 +28,7 @@ struct terr_index {
     struct smap zips;      /* (niche, exact zip) -> dealers */
     struct smap prefixes;  /* (niche, zip prefix) -> dealers */
     struct smap states;    /* (niche, state) -> dealers */
-    /* (niche, 1-degree grid cell) -> radius dealers, each with its centre
+    /* (niche, grid cell) -> radius dealers, each with its centre
      * and radius inline (struct terr_cgeo), so that the radius checks of a
      * lead read one dense run of memory, not one line per dealer. */
     struct terr_cslot *cslots; /* open addressing, key 0 = empty (owned) */
@@ -38,6 +38,7 @@ struct terr_index {
     uint32_t **wide;       /* per niche: radius dealers too wide for the grid (owned) */
     uint32_t *n_wide;
     uint32_t n_niches;     /* entries of prefix_lens, wide, n_wide */
+    uint32_t scale;        /* grid cells are 1/scale degree on a side */
 };
 
 /* A grid cell of one niche: its packed key (terr_cell_key) and its run of
@@ -134,22 +135,32 @@ void terr_keys(const struct terr_index *ti, uint32_t niche, const struct lead *l
 void terr_prefetch_slots(const struct terr_index *ti, const struct terr_keys *k);
 /* Resolves the keys into posting lists (L: TERR_MAX_KEYS + 1 entries). */
 int terr_postings(const struct terr_index *ti, const struct terr_keys *k, struct plist *L);
-/* Starts loading the dealer lines the posting lists name. */
-void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl);
+/* Starts loading the dealer lines the posting lists name; with rr (the
+ * rotation values of the lead's niche), their rotation values too. */
+void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl, const int64_t *rr);
+/* Runs the radius checks of the lists early: the radius lists become one
+ * plain list of the dealers whose circle holds u, in hits (cap entries), and
+ * their lines start loading. Returns the new number of lists; nl unchanged
+ * when there were no radius lists or more hits than cap. */
+int terr_resolve_radius(const struct rules_table *t, struct plist *L, int nl, const double u[3], uint32_t *hits,
+                        uint32_t cap, const int64_t *rr, bool nearest);
 /* Radius checks and the merge into h->v. */
 void terr_merge(const struct rules_table *t, struct plist *L, int nl, struct terr_hits *h);
 
 /* A lead seen by rules_prefetch: what was computed for it, kept for
  * rules_decide so that no work is done twice. */
 #define RULES_PRE_RING 32
+#define RULES_PRE_HITS 32
 struct rules_pre {
     uint64_t id_hash;      /* the lead's id: its memory may hold another lead later */
-    int stage;             /* 0: keys; 1: posting lists too */
+    int stage;             /* 0: keys; 1: posting lists too; 2: radius checked */
     int niche;
     enum rules_how how;
     struct terr_keys k;
     int nl;
     struct plist L[TERR_MAX_KEYS + 1];
+    uint32_t hits[RULES_PRE_HITS]; /* stage 2: the radius dealers that hold the lead */
+    double u[3];                   /* stage 2: the lead's unit vector, when it has coordinates */
 };
 
 /* Local wall-clock minute and weekday of one zone, cached per minute. */

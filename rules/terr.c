@@ -1,30 +1,103 @@
 /* terr.c - the territory index: exact zips, zip prefixes, states and a
- * 1-degree grid for radius territories, each keyed by niche. */
+ * grid for radius territories, each keyed by niche. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-#define GRID_MAX_CELLS 4096
+#define GRID_MAX_CELLS 4096      /* per dealer and niche; more: the niche's wide list */
+#define GRID_MAX_SCALE 16        /* cells of 1/16 degree at the finest */
+#define GRID_MAX_PAIRS (1u << 20) /* (cell, dealer) entries the grid may hold in all */
 #define KM_PER_DEG 111.195
 
-static int cell_lat(double lat)
+/* Grid cells are 1/scale degree on a side. */
+static int cell_lat(uint32_t scale, double lat)
 {
-    int c = (int)floor(lat);
-    return c < -90 ? -90 : c > 89 ? 89 : c;
+    int s = (int)scale;
+    int c = (int)floor(lat * s);
+    return c < -90 * s ? -90 * s : c > 90 * s - 1 ? 90 * s - 1 : c;
 }
 
-static int cell_lon(double lon)
+static long cell_lon(uint32_t scale, double lon)
 {
-    int c = (int)floor(lon);
-    return ((c % 360) + 360) % 360;
+    return (long)floor(lon * scale);
+}
+
+/* Column c of the grid, wrapped around the antimeridian. */
+static int cell_col(uint32_t scale, long c)
+{
+    long m = 360L * scale;
+    return (int)(((c % m) + m) % m);
+}
+
+/* The block of cells dealer d's circle may touch: rows la0..la1, nlon
+ * columns from lo0. Returns the number of cells, or 0 when the circle
+ * belongs in the wide list (near a pole, or too many cells). */
+static long radius_cells(uint32_t scale, const struct rules_dealer *d, int *la0, int *la1, long *lo0, long *nlon)
+{
+    double dlat = d->km / KM_PER_DEG;
+    double lo_lat = d->lat - dlat, hi_lat = d->lat + dlat;
+    double maxabs = fmin(89.0, fmax(fabs(lo_lat), fabs(hi_lat)));
+    double dlon = d->km / (KM_PER_DEG * cos(maxabs * M_PI / 180.0));
+    if (hi_lat >= 89.0 || lo_lat <= -89.0 || dlon >= 180.0)
+        return 0;
+    *la0 = cell_lat(scale, lo_lat);
+    *la1 = cell_lat(scale, hi_lat);
+    *lo0 = cell_lon(scale, d->lon - dlon);
+    *nlon = cell_lon(scale, d->lon + dlon) - *lo0 + 1;
+    long n = (*la1 - *la0 + 1) * *nlon;
+    return n > GRID_MAX_CELLS ? 0 : n;
+}
+
+static int km_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The grid's scale for these dealers: the finest (up to 1/16 degree) whose
+ * cells are still as wide as the median radius, so that a typical circle
+ * lands in a few cells and a lead's cell names few dealers whose circle
+ * misses it (at 20 km radii, a 1-degree cell holds ~18 times the area of
+ * one circle: every lead would test the circles of a whole region). Coarser
+ * again while the grid would hold more than GRID_MAX_PAIRS entries, which
+ * only a mix of many small and many wide circles comes near. */
+static uint32_t grid_scale(const struct rules_table *t)
+{
+    double *km = malloc((t->n_dealers ? t->n_dealers : 1) * sizeof *km);
+    uint32_t n = 0, scale = 1;
+    if (!km)
+        return 1;
+    for (uint32_t di = 0; di < t->n_dealers; di++)
+        if (t->dealers[di].has_radius)
+            km[n++] = t->dealers[di].km;
+    if (n) {
+        qsort(km, n, sizeof *km, km_cmp);
+        double median = km[n / 2];
+        while (scale < GRID_MAX_SCALE && KM_PER_DEG / (scale * 2) >= median)
+            scale *= 2;
+    }
+    free(km);
+    for (; scale > 1; scale /= 2) {
+        uint64_t pairs = 0;
+        for (uint32_t di = 0; di < t->n_dealers; di++) {
+            const struct rules_dealer *d = &t->dealers[di];
+            int la0, la1;
+            long lo0, nlon;
+            if (d->has_radius)
+                pairs += (uint64_t)radius_cells(scale, d, &la0, &la1, &lo0, &nlon) * d->n_niches;
+        }
+        if (pairs <= GRID_MAX_PAIRS)
+            break;
+    }
+    return scale;
 }
 
 /* A grid cell of a niche as one non-zero integer. */
-static uint64_t cell_key(uint32_t ns, int la, int lo)
+static uint64_t cell_key(uint32_t scale, uint32_t ns, int la, int lo)
 {
-    return (uint64_t)(ns + 1) << 40 | (uint64_t)(uint32_t)(la + 90) << 20 | (uint64_t)(uint32_t)lo;
+    return (uint64_t)(ns + 1) << 40 | (uint64_t)(uint32_t)(la + 90 * (int)scale) << 20 | (uint64_t)(uint32_t)lo;
 }
 
 static uint32_t cell_hash(uint64_t key)
@@ -61,13 +134,9 @@ static int cell_add(struct cell_pairs *cp, uint64_t key, uint32_t di)
 static int add_radius(struct terr_index *ti, struct cell_pairs *cells, uint16_t ns, uint32_t di,
                       const struct rules_dealer *d)
 {
-    double dlat = d->km / KM_PER_DEG;
-    double lo_lat = d->lat - dlat, hi_lat = d->lat + dlat;
-    double maxabs = fmin(89.0, fmax(fabs(lo_lat), fabs(hi_lat)));
-    double dlon = d->km / (KM_PER_DEG * cos(maxabs * M_PI / 180.0));
-    int la0 = cell_lat(lo_lat), la1 = cell_lat(hi_lat);
-    long nlon = (long)floor(d->lon + dlon) - (long)floor(d->lon - dlon) + 1;
-    if (hi_lat >= 89.0 || lo_lat <= -89.0 || dlon >= 180.0 || (la1 - la0 + 1) * nlon > GRID_MAX_CELLS) {
+    int la0, la1;
+    long lo0, nlon;
+    if (!radius_cells(ti->scale, d, &la0, &la1, &lo0, &nlon)) {
         uint32_t *w = realloc(ti->wide[ns], (ti->n_wide[ns] + 1) * sizeof *w);
         if (!w)
             return -1;
@@ -75,10 +144,9 @@ static int add_radius(struct terr_index *ti, struct cell_pairs *cells, uint16_t 
         ti->wide[ns] = w;
         return 0;
     }
-    int lo0 = (int)floor(d->lon - dlon);
     for (int la = la0; la <= la1; la++)
         for (long k = 0; k < nlon; k++)
-            if (cell_add(cells, cell_key(ns, la, cell_lon(lo0 + (double)k)), di))
+            if (cell_add(cells, cell_key(ti->scale, ns, la, cell_col(ti->scale, lo0 + k)), di))
                 return -1;
     return 0;
 }
@@ -155,6 +223,7 @@ int terr_build(struct terr_index *ti, const struct rules_table *t)
     if (!ti->prefix_lens || !ti->wide || !ti->n_wide)
         goto fail;
     ti->n_niches = nn;
+    ti->scale = grid_scale(t);
     for (uint32_t di = 0; di < t->n_dealers; di++) {
         const struct rules_dealer *d = &t->dealers[di];
         for (uint32_t k = 0; k < d->n_niches; k++) {
@@ -234,7 +303,8 @@ void terr_keys(const struct terr_index *ti, uint32_t niche, const struct lead *l
     if (l->has_geo && k->n < TERR_MAX_KEYS) {
         k->map[k->n] = TM_CELL;
         k->len[k->n] = 0;
-        k->hash[k->n] = cell_key(niche, cell_lat(l->lat), cell_lon(l->lon));
+        k->hash[k->n] = cell_key(ti->scale, niche, cell_lat(ti->scale, l->lat),
+                                 cell_col(ti->scale, cell_lon(ti->scale, l->lon)));
         k->n++;
     }
 }
@@ -278,20 +348,82 @@ int terr_postings(const struct terr_index *ti, const struct terr_keys *k, struct
     return nl;
 }
 
-void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl)
+/* Entry j of radius list p (PL_CELL or PL_WIDE): its dealer in *d, and
+ * whether that dealer's circle holds u. */
+static inline bool plist_in_radius(const struct rules_table *t, const struct plist *p, uint32_t j, const double *u,
+                                   const float *uf, uint32_t *d)
+{
+    if (p->kind == PL_CELL) {
+        const struct terr_cgeo *g = (const struct terr_cgeo *)p->v + j;
+        *d = g->dealer;
+        return terr_in_radius_g(t, g->dealer, g->x, g->y, g->z, g->in, g->out, u, uf);
+    }
+    *d = ((const uint32_t *)p->v)[j];
+    return terr_in_radius(t, *d, u, uf);
+}
+
+void terr_prefetch_dealers(const struct rules_table *t, const struct plist *L, int nl, const int64_t *rr)
 {
     for (int i = 0; i < nl; i++) {
         if (L[i].kind == PL_CELL) {
-            /* The cell's run: its dealers' lines follow once it is filtered. */
+            /* The cell's run: its dealers' lines follow once it is checked. */
             const char *p = L[i].v, *end = p + L[i].n * sizeof(struct terr_cgeo);
             for (; p < end; p += 64)
                 __builtin_prefetch(p);
             continue;
         }
         const uint32_t *v = L[i].v;
-        for (uint32_t j = 0; j < L[i].n; j++)
-            __builtin_prefetch(L[i].kind == PL_WIDE ? (const void *)&t->geo[v[j]] : (const void *)&t->dhot[v[j]]);
+        for (uint32_t j = 0; j < L[i].n; j++) {
+            if (L[i].kind == PL_WIDE) {
+                __builtin_prefetch(&t->geo[v[j]]);
+                continue;
+            }
+            __builtin_prefetch(&t->dhot[v[j]]);
+            __builtin_prefetch(&t->dweight[v[j]]);
+            if (rr)
+                __builtin_prefetch(&rr[v[j]]);
+        }
     }
+}
+
+int terr_resolve_radius(const struct rules_table *t, struct plist *L, int nl, const double u[3], uint32_t *hits,
+                        uint32_t cap, const int64_t *rr, bool nearest)
+{
+    float uf[3] = {(float)u[0], (float)u[1], (float)u[2]};
+    uint32_t n = 0;
+    int nrad = 0;
+    for (int i = 0; i < nl; i++) {
+        if (L[i].kind == PL_PLAIN)
+            continue;
+        nrad++;
+        for (uint32_t j = 0; j < L[i].n; j++) {
+            uint32_t d;
+            if (!plist_in_radius(t, &L[i], j, u, uf, &d))
+                continue;
+            if (n == cap)
+                return nl; /* many: decide checks them itself */
+            hits[n++] = d;
+        }
+    }
+    if (!nrad)
+        return nl;
+    for (uint32_t j = 0; j < n; j++) {
+        __builtin_prefetch(&t->dhot[hits[j]]);
+        __builtin_prefetch(&t->dweight[hits[j]]);
+        if (rr)
+            __builtin_prefetch(&rr[hits[j]]);
+        if (nearest)
+            __builtin_prefetch(&t->geo_exact[hits[j]]);
+    }
+    /* The radius lists are last (terr_postings adds them after the others)
+     * but need not be: drop them wherever they are, then add the hits. */
+    int o = 0;
+    for (int i = 0; i < nl; i++)
+        if (L[i].kind == PL_PLAIN)
+            L[o++] = L[i];
+    if (n)
+        L[o++] = (struct plist){hits, n, MATCH_RADIUS, PL_PLAIN};
+    return o;
 }
 
 static inline void hit(struct terr_hits *h, uint32_t *nw, uint32_t d, uint8_t m)
@@ -329,23 +461,17 @@ void terr_merge(const struct rules_table *t, struct plist *L, int nl, struct ter
     for (int li = 0; li < nl; li++) {
         uint32_t n = L[li].n;
         uint8_t m = L[li].match;
-        float uf[3] = {0};
-        if (L[li].kind != PL_PLAIN) /* radius lists come only with coordinates */
-            uf[0] = (float)u[0], uf[1] = (float)u[1], uf[2] = (float)u[2];
-        if (L[li].kind == PL_CELL) {
-            const struct terr_cgeo *g = L[li].v;
-            for (uint32_t j = 0; j < n; j++)
-                if (terr_in_radius_g(t, g[j].dealer, g[j].x, g[j].y, g[j].z, g[j].in, g[j].out, u, uf))
-                    hit(h, &nw, g[j].dealer, m);
-        } else if (L[li].kind == PL_WIDE) {
-            const uint32_t *v = L[li].v;
-            for (uint32_t j = 0; j < n; j++)
-                if (terr_in_radius(t, v[j], u, uf))
-                    hit(h, &nw, v[j], m);
-        } else {
+        if (L[li].kind == PL_PLAIN) {
             const uint32_t *v = L[li].v;
             for (uint32_t j = 0; j < n; j++)
                 hit(h, &nw, v[j], m);
+            continue;
+        }
+        float uf[3] = {(float)u[0], (float)u[1], (float)u[2]}; /* radius lists come only with coordinates */
+        for (uint32_t j = 0; j < n; j++) {
+            uint32_t d;
+            if (plist_in_radius(t, &L[li], j, u, uf, &d))
+                hit(h, &nw, d, m);
         }
     }
     /* The words in ascending order: few, usually sorted already; many, a

@@ -113,11 +113,15 @@ void rules_scratch_free(struct rules_scratch *s); /* accepts NULL */
  * deciding l will read, so that its memory latency overlaps the work on the
  * leads before it. Stage 0 classifies l, computes its index keys and loads
  * their slots; stage 1 (a few leads later) resolves the posting lists and
- * loads the dealers they name. The scratch keeps that work (up to 32 leads)
- * and rules_decide(l) reuses it, so nothing is computed twice. l must not
- * change between the calls. E.g. for each i: prefetch(lead[i+8], 0);
- * prefetch(lead[i+4], 1); decide(lead[i]). No effect on results. */
-void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage);
+ * loads the dealers they name; stage 2 (later still) runs the radius checks
+ * and loads the dealers inside. rr is the rotation state that rules_pick
+ * will be given (its entries for these dealers are loaded too), or NULL.
+ * The scratch keeps that work (up to 32 leads) and rules_decide(l) reuses
+ * it, so nothing is computed twice. l must not change between the calls.
+ * E.g. for each i: prefetch(lead[i+12], 0); prefetch(lead[i+6], 1);
+ * prefetch(lead[i+3], 2); decide(lead[i]). No effect on results. */
+void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage,
+                    const int64_t *rr);
 
 /* Steps 2-7 minus the caps: niche, score and grade, territory, contract,
  * hours, pause, exclusivity. Fills d; d->reason is REASON_ASSIGNED when

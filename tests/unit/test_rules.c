@@ -2250,6 +2250,52 @@ static void destination(double lat, double lon, double km, double bearing, doubl
     *olon = remainder(lo2 / r, 360.0);
 }
 
+/* The radius grid's cells shrink with the dealers' radii (here a median of
+ * 5 km: 1/16 degree): every point near a circle, on either side of it and
+ * of the antimeridian, the prime meridian and the equator, must be covered
+ * exactly when the great-circle distance says so. A circle close to the
+ * pole goes to the niche's wide list and must be found too. */
+static const char *fine_conf =
+    "niches = ( { name = \"roof\"; max_buyers = 8; } );\n"
+    "dealers = (\n"
+    "  { id = \"dsm\"; niches = [ \"roof\" ]; territory = { radius = { lat = 41.59; lon = -93.62; km = 5.0; }; }; },\n"
+    "  { id = \"dsm2\"; niches = [ \"roof\" ]; territory = { radius = { lat = 41.615; lon = -93.58; km = 4.0; }; }; },\n"
+    "  { id = \"fiji\"; niches = [ \"roof\" ]; territory = { radius = { lat = -16.5; lon = 179.99; km = 6.0; }; }; },\n"
+    "  { id = \"gmt\"; niches = [ \"roof\" ]; territory = { radius = { lat = 51.48; lon = -0.01; km = 3.0; }; }; },\n"
+    "  { id = \"quito\"; niches = [ \"roof\" ]; territory = { radius = { lat = 0.01; lon = -78.5; km = 5.0; }; }; },\n"
+    "  { id = \"north\"; niches = [ \"roof\" ]; territory = { radius = { lat = 88.98; lon = 20.0; km = 7.0; }; }; },\n"
+    "  { id = \"wide\"; niches = [ \"roof\" ]; territory = { radius = { lat = 41.0; lon = -93.0; km = 120.0; }; }; } );\n";
+
+Test(territory, radius_fine_grid_agrees_with_great_circle)
+{
+    struct rt r;
+    rt_open(&r, fine_conf);
+    uint64_t seed = 99;
+    int inside = 0, outside = 0;
+    for (int i = 0; i < 30000; i++) {
+        seed = seed * 6364136223846793005ULL + 1442695040888963407ULL;
+        const struct rules_dealer *c = &r.t->dealers[(seed >> 33) % (r.t->n_dealers - 1)]; /* not "wide" */
+        double bearing = (double)((seed >> 8) % 36000) / 100.0;
+        double km = c->km * (double)((seed >> 20) % 2000) / 1000.0; /* 0 to 2 radii out */
+        double lat, lon;
+        destination(c->lat, c->lon, km, bearing, &lat, &lon);
+        struct lead l = lead_mk("fine", "roof", NULL, NULL);
+        lead_geo(&l, lat, lon);
+        rt_decide(&r, &l);
+        for (uint32_t d = 0; d < r.t->n_dealers; d++) {
+            const struct rules_dealer *dl = &r.t->dealers[d];
+            bool want = rules_distance_km(dl->lat, dl->lon, lat, lon) <= dl->km;
+            bool got = rt_match(&r, dl->id) == MATCH_RADIUS;
+            cr_assert_eq(got, want, "(%.5f, %.5f): dealer %s %s, %.9f km from its centre (radius %.1f)", lat, lon,
+                         dl->id, got ? "covers" : "misses", rules_distance_km(dl->lat, dl->lon, lat, lon), dl->km);
+        }
+        km <= c->km ? inside++ : outside++;
+    }
+    cr_expect_gt(inside, 10000);
+    cr_expect_gt(outside, 10000);
+    rt_close(&r);
+}
+
 Test(territory, radius_edge_agrees_with_great_circle)
 {
     struct rt r;
@@ -2316,9 +2362,11 @@ Test(determinism, prefetch_pipeline_changes_nothing)
     for (int i = 0; i < N; i++) {
         rt_route(&a, &leads[i]);
         if (i + 8 < N && i % 7 != 0)
-            rules_prefetch(b.t, b.s, &leads[i + 8], 0);
+            rules_prefetch(b.t, b.s, &leads[i + 8], 0, i % 2 ? b.rr : NULL);
         if (i + 4 < N && i % 5 != 0)
-            rules_prefetch(b.t, b.s, &leads[i + 4], 1);
+            rules_prefetch(b.t, b.s, &leads[i + 4], 1, b.rr);
+        if (i + 2 < N && i % 3 != 0)
+            rules_prefetch(b.t, b.s, &leads[i + 2], 2, b.rr);
         rt_route(&b, &leads[i]);
         cr_assert_eq(a.d.reason, b.d.reason, "lead %d: reason differs", i);
         cr_assert_eq(a.d.niche, b.d.niche, "lead %d: niche differs", i);
@@ -2338,13 +2386,66 @@ Test(determinism, prefetch_pipeline_changes_nothing)
      * lead: the ring must not hand the old work to the new content. */
     static struct lead slot;
     slot = lead_mk("old", "solar", "NE", "68102");
-    rules_prefetch(b.t, b.s, &slot, 0);
-    rules_prefetch(b.t, b.s, &slot, 1);
+    lead_geo(&slot, 41.6, -93.6);
+    rules_prefetch(b.t, b.s, &slot, 0, b.rr);
+    rules_prefetch(b.t, b.s, &slot, 1, b.rr);
+    rules_prefetch(b.t, b.s, &slot, 2, b.rr);
     slot = lead_mk("new", "mortgage", "IA", "50309");
     rt_route(&a, &slot);
     rt_route(&b, &slot);
     cr_assert_eq(b.d.niche, a.d.niche, "stale prefetch reused: niche %d, want %d", b.d.niche, a.d.niche);
     cr_assert_eq(b.d.n_verdicts, a.d.n_verdicts);
+    rt_close(&a);
+    rt_close(&b);
+}
+
+/* Stage 2 of the pipeline runs the radius checks ahead and keeps up to 32
+ * dealers inside; a lead inside more of them (here 40 circles around one
+ * point, and 10 for a second lead) must be decided exactly as without the
+ * pipeline, and so must a lead that stage 2 sees before stage 1. */
+Test(determinism, prefetch_radius_hits_past_the_ring_capacity)
+{
+    char text[16384];
+    int o = snprintf(text, sizeof text, "niches = ( { name = \"roof\"; max_buyers = 3; } );\ndealers = (\n");
+    for (int i = 0; i < 40; i++)
+        o += snprintf(text + o, sizeof text - (size_t)o,
+                      "  { id = \"r%02d\"; niches = [ \"roof\" ]; contract = { weight = %d; };\n"
+                      "    territory = { radius = { lat = %.3f; lon = -93.62; km = %d.0; }; }; }%s\n",
+                      i, 1 + i % 3, 41.5 + 0.001 * i, i < 10 ? 30 : 10, i < 39 ? "," : "");
+    snprintf(text + o, sizeof text - (size_t)o, ");\n");
+    struct rt a, b;
+    rt_open(&a, text);
+    rt_open(&b, text);
+    static const double pts[][2] = {{41.52, -93.62}, {41.75, -93.62}, {41.52, -93.62}, {45.0, -93.0}};
+    static struct lead leads[4];
+    for (int i = 0; i < 4; i++) {
+        leads[i] = lead_mk("many", "roof", NULL, NULL);
+        lead_geo(&leads[i], pts[i][0], pts[i][1]);
+    }
+    rules_prefetch(b.t, b.s, &leads[0], 0, b.rr);
+    rules_prefetch(b.t, b.s, &leads[1], 0, b.rr);
+    rules_prefetch(b.t, b.s, &leads[0], 1, b.rr);
+    rules_prefetch(b.t, b.s, &leads[1], 1, b.rr);
+    rules_prefetch(b.t, b.s, &leads[0], 2, b.rr);
+    rules_prefetch(b.t, b.s, &leads[1], 2, b.rr);
+    rules_prefetch(b.t, b.s, &leads[2], 2, b.rr); /* no stage 0 before: starts there */
+    rules_prefetch(b.t, b.s, &leads[3], 0, b.rr);
+    rules_prefetch(b.t, b.s, &leads[3], 2, b.rr); /* stage 1 skipped: does stage 1 */
+    uint32_t want[] = {40, 10, 40, 0};
+    for (int i = 0; i < 4; i++) {
+        rt_route(&a, &leads[i]);
+        rt_route(&b, &leads[i]);
+        cr_assert_eq(a.d.n_verdicts, want[i], "lead %d: %u dealers hold it, expected %u", i, a.d.n_verdicts,
+                     want[i]);
+        cr_assert_eq(b.d.n_verdicts, a.d.n_verdicts, "lead %d", i);
+        for (uint32_t v = 0; v < a.d.n_verdicts; v++) {
+            cr_assert_eq(b.d.verdicts[v].dealer, a.d.verdicts[v].dealer, "lead %d verdict %u", i, v);
+            cr_assert_eq(b.d.verdicts[v].match, MATCH_RADIUS, "lead %d verdict %u", i, v);
+        }
+        cr_assert_eq(b.d.n_picked, a.d.n_picked, "lead %d", i);
+        for (uint32_t p = 0; p < a.d.n_picked; p++)
+            cr_assert_eq(b.d.picked[p], a.d.picked[p], "lead %d: pick %u differs", i, p);
+    }
     rt_close(&a);
     rt_close(&b);
 }
