@@ -923,7 +923,18 @@ static long long processing_total(void)
 bool h_drained(void)
 {
     if (H.list_mode) {
-        if (h_int("LLEN %s:in", H_PREFIX) != 0 || processing_total() != 0)
+        /* The input and every processing list in one atomic look: read one
+         * after the other, a recovery moving a processing list back to the
+         * input between the two reads would look drained. */
+        static const char all_lists[] =
+            "local n, cursor = redis.call('LLEN', KEYS[1]), '0'\n"
+            "repeat\n"
+            "  local r = redis.call('SCAN', cursor, 'MATCH', ARGV[1], 'COUNT', 1000)\n"
+            "  cursor = r[1]\n"
+            "  for _, k in ipairs(r[2]) do n = n + redis.call('LLEN', k) end\n"
+            "until cursor == '0'\n"
+            "return n\n";
+        if (h_int("EVAL %s 1 %s:in %s:in:processing:*", all_lists, H_PREFIX, H_PREFIX) != 0)
             return false;
     } else if (H.last_in_id[0] && !stream_done(H_PREFIX ":in", H.last_in_id)) {
         return false;
