@@ -299,9 +299,9 @@ static double measure(struct bcase *c, double seconds)
             const struct lead *l = &c->ls->leads[c->next & (N_LEADS - 1)];
             /* As a caller working through a batch can: start loading what
              * the leads a few places ahead will read (rules_prefetch). */
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 12) & (N_LEADS - 1)], 0, c->rr);
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 6) & (N_LEADS - 1)], 1, c->rr);
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 3) & (N_LEADS - 1)], 2, c->rr);
+            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 16) & (N_LEADS - 1)], 0, c->rr);
+            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 8) & (N_LEADS - 1)], 1, c->rr);
+            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 2) & (N_LEADS - 1)], 2, c->rr);
             c->in.now_ms += 7;
             rules_decide(c->t, c->s, l, &c->in, &d);
             rules_pick(c->t, &d, &c->in, l, c->rr);

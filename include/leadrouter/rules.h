@@ -118,8 +118,8 @@ void rules_scratch_free(struct rules_scratch *s); /* accepts NULL */
  * will be given (its entries for these dealers are loaded too), or NULL.
  * The scratch keeps that work (up to 32 leads) and rules_decide(l) reuses
  * it, so nothing is computed twice. l must not change between the calls.
- * E.g. for each i: prefetch(lead[i+12], 0); prefetch(lead[i+6], 1);
- * prefetch(lead[i+3], 2); decide(lead[i]). No effect on results. */
+ * E.g. for each i: prefetch(lead[i+16], 0); prefetch(lead[i+8], 1);
+ * prefetch(lead[i+2], 2); decide(lead[i]). No effect on results. */
 void rules_prefetch(const struct rules_table *t, struct rules_scratch *s, const struct lead *l, int stage,
                     const int64_t *rr);
 
