@@ -1286,6 +1286,21 @@ static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
         evtimer_add(q->recover_ev, &tv);
 }
 
+/* The commit (is_wr) or read connection is gone: not ready until both are
+ * up again. */
+static void forget_conn(struct rq *q, bool is_wr)
+{
+    if (is_wr) {
+        q->wr = NULL;
+        q->wr_up = false;
+    } else {
+        q->rd = NULL;
+        q->rd_up = false;
+        q->reading = false;
+    }
+    q->ready = false;
+}
+
 /* ----------------------------------------------------------- watchdog --- */
 
 /* hiredis 0.14 has no command timeouts: a server that stops answering
@@ -1302,15 +1317,7 @@ static void drop_hung(struct rq *q, redisAsyncContext *ac, bool is_wr, int64_t s
     bool connected = (ac->c.flags & REDIS_CONNECTED) != 0;
     redisAsyncFree(ac); /* on_disconnect follows only for a connected context */
     if (!connected) {
-        if (is_wr) {
-            q->wr = NULL;
-            q->wr_up = false;
-        } else {
-            q->rd = NULL;
-            q->rd_up = false;
-            q->reading = false;
-        }
-        q->ready = false;
+        forget_conn(q, is_wr);
         schedule_reconnect(q);
     }
 }
@@ -1467,15 +1474,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct rq *q = ac->data;
-    if (ac == q->wr) {
-        q->wr = NULL;
-        q->wr_up = false;
-    } else {
-        q->rd = NULL;
-        q->rd_up = false;
-        q->reading = false;
-    }
-    q->ready = false;
+    forget_conn(q, ac == q->wr);
     q->polling_returns = false;
     q->st.redis_up = false;
     if (q->stats)

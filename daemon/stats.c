@@ -12,7 +12,6 @@
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -646,70 +645,42 @@ void stats_each_source(const struct stats *s, stats_each_fn fn, void *ctx)
 
 /* ---- rendering helpers ----------------------------------------------- */
 
-/* A growable string; on allocation failure it is marked failed and the
- * rendering returns NULL. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    bool failed;
-};
-
-__attribute__((format(printf, 2, 3))) static void sb_printf(struct sbuf *b, const char *fmt, ...)
+/* Renderings are written to a memory stream (open_memstream). */
+static FILE *mem_open(char **p, size_t *len)
 {
-    if (b->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = b->cap - b->len;
-        int n = vsnprintf(b->p ? b->p + b->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t nc = b->cap ? b->cap * 2 : 1024;
-        while (nc < b->len + (size_t)n + 1)
-            nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->failed = true;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
+    *p = NULL;
+    *len = 0;
+    return open_memstream(p, len);
 }
 
-static char *sb_finish(struct sbuf *b)
+/* Closes out and returns its text (*p, set by the close), or NULL when a
+ * write, the memory or the caller (failed) failed. */
+static char *mem_close(FILE *out, char **p, bool failed)
 {
-    if (b->failed || !b->p) {
-        free(b->p);
-        return b->failed ? NULL : strdup("");
+    bool bad = failed || ferror(out) != 0;
+    if (fclose(out) != 0 || bad) {
+        free(*p);
+        return NULL;
     }
-    return b->p;
+    return *p;
 }
 
 /* A label value in the exposition format: backslash, double quote and
  * newline escaped (sanitize already removed the other control bytes). */
-static void sb_label_value(struct sbuf *b, const char *v)
+static void prom_label_value(FILE *out, const char *v)
 {
-    sb_printf(b, "\"");
+    fputc('"', out);
     for (const char *p = v; *p; p++) {
         if (*p == '\\')
-            sb_printf(b, "\\\\");
+            fputs("\\\\", out);
         else if (*p == '"')
-            sb_printf(b, "\\\"");
+            fputs("\\\"", out);
         else if (*p == '\n')
-            sb_printf(b, "\\n");
+            fputs("\\n", out);
         else
-            sb_printf(b, "%c", *p);
+            fputc(*p, out);
     }
-    sb_printf(b, "\"");
+    fputc('"', out);
 }
 
 /* Series of a family ordered by their label values, for stable output. */
@@ -758,28 +729,32 @@ static int64_t scalar(const struct stats *s, enum fam f)
 
 char *stats_text(const struct stats *s)
 {
-    struct sbuf b = {0};
+    char *text;
+    size_t len;
+    FILE *out = mem_open(&text, &len);
+    if (!out)
+        return NULL;
     for (int f = 0; f < F_N; f++) {
         const struct family_def *d = &families[f];
         if (!d->text)
             continue;
         if (d->kind == K_HISTOGRAM) {
             if (s->lat_count == 0) {
-                sb_printf(&b, "%s_p50_ms -\n%s_p99_ms -\n", d->text, d->text);
+                fprintf(out, "%s_p50_ms -\n%s_p99_ms -\n", d->text, d->text);
             } else {
-                sb_printf(&b, "%s_p50_ms %.3f\n", d->text, stats_latency_quantile(s, 0.5) * 1000);
-                sb_printf(&b, "%s_p99_ms %.3f\n", d->text, stats_latency_quantile(s, 0.99) * 1000);
+                fprintf(out, "%s_p50_ms %.3f\n", d->text, stats_latency_quantile(s, 0.5) * 1000);
+                fprintf(out, "%s_p99_ms %.3f\n", d->text, stats_latency_quantile(s, 0.99) * 1000);
             }
         } else if (d->show == SHOW_STRING) {
             if (s->f[f].text)
-                sb_printf(&b, "%s %s\n", d->text, s->f[f].text);
+                fprintf(out, "%s %s\n", d->text, s->f[f].text);
         } else if (d->show == SHOW_UPDOWN) {
-            sb_printf(&b, "%s %s\n", d->text, scalar(s, (enum fam)f) ? "up" : "down");
+            fprintf(out, "%s %s\n", d->text, scalar(s, (enum fam)f) ? "up" : "down");
         } else {
-            sb_printf(&b, "%s %" PRId64 "\n", d->text, scalar(s, (enum fam)f));
+            fprintf(out, "%s %" PRId64 "\n", d->text, scalar(s, (enum fam)f));
         }
     }
-    return sb_finish(&b);
+    return mem_close(out, &text, false);
 }
 
 /* ---- JSON ------------------------------------------------------------ */
@@ -861,52 +836,50 @@ char *stats_json(const struct stats *s)
 
 /* ---- Prometheus ------------------------------------------------------ */
 
-static void sb_le(struct sbuf *b, double le)
-{
-    /* %g gives "0.001", "0.0025", "1", "300": valid Go float literals. */
-    sb_printf(b, "%g", le);
-}
-
 char *stats_prometheus(const struct stats *s)
 {
-    struct sbuf b = {0};
+    char *text;
+    size_t len;
+    FILE *out = mem_open(&text, &len);
+    if (!out)
+        return NULL;
+    bool failed = false;
     for (int f = 0; f < F_N; f++) {
         const struct family_def *d = &families[f];
         if (!d->prom)
             continue;
         const char *type = d->kind == K_COUNTER ? "counter" : d->kind == K_GAUGE ? "gauge" : "histogram";
-        sb_printf(&b, "# HELP %s %s\n# TYPE %s %s\n", d->prom, d->help, d->prom, type);
+        fprintf(out, "# HELP %s %s\n# TYPE %s %s\n", d->prom, d->help, d->prom, type);
         if (d->kind == K_HISTOGRAM) {
             uint64_t cum = 0;
             for (size_t i = 0; i < N_PROM_LE; i++) {
                 cum += s->prom_bucket[i];
-                sb_printf(&b, "%s_bucket{le=\"", d->prom);
-                sb_le(&b, prom_le[i]);
-                sb_printf(&b, "\"} %" PRIu64 "\n", cum);
+                /* %g gives "0.001", "0.0025", "1", "300": valid Go float literals. */
+                fprintf(out, "%s_bucket{le=\"%g\"} %" PRIu64 "\n", d->prom, prom_le[i], cum);
             }
-            sb_printf(&b, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", d->prom, s->lat_count);
-            sb_printf(&b, "%s_sum %.15g\n%s_count %" PRIu64 "\n", d->prom, s->lat_sum, d->prom, s->lat_count);
+            fprintf(out, "%s_bucket{le=\"+Inf\"} %" PRIu64 "\n", d->prom, s->lat_count);
+            fprintf(out, "%s_sum %.15g\n%s_count %" PRIu64 "\n", d->prom, s->lat_sum, d->prom, s->lat_count);
             continue;
         }
         if (!d->labels[0]) {
-            sb_printf(&b, "%s %" PRId64 "\n", d->prom, scalar(s, (enum fam)f));
+            fprintf(out, "%s %" PRId64 "\n", d->prom, scalar(s, (enum fam)f));
             continue;
         }
         uint32_t n;
         const struct series **v = sorted(s, (enum fam)f, &n);
         if (!v && n) {
-            b.failed = true;
+            failed = true;
             break;
         }
         for (uint32_t i = 0; i < n; i++) {
-            sb_printf(&b, "%s{", d->prom);
+            fprintf(out, "%s{", d->prom);
             for (int k = 0; k < STATS_MAX_LABELS && d->labels[k]; k++) {
-                sb_printf(&b, "%s%s=", k ? "," : "", d->labels[k]);
-                sb_label_value(&b, s->f[f].labels[k].vals[v[i]->v[k]]);
+                fprintf(out, "%s%s=", k ? "," : "", d->labels[k]);
+                prom_label_value(out, s->f[f].labels[k].vals[v[i]->v[k]]);
             }
-            sb_printf(&b, "} %" PRIu64 "\n", v[i]->count);
+            fprintf(out, "} %" PRIu64 "\n", v[i]->count);
         }
         free(v);
     }
-    return sb_finish(&b);
+    return mem_close(out, &text, failed);
 }

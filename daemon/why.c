@@ -6,7 +6,6 @@
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -348,56 +347,19 @@ static void fmt_time(int64_t ms, char *buf, size_t len)
              tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(ms % 1000));
 }
 
-struct txt {
-    char *p;
-    size_t len, cap;
-    bool failed;
-};
-
-__attribute__((format(printf, 2, 3))) static void tp(struct txt *t, const char *fmt, ...)
-{
-    if (t->failed)
-        return;
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        size_t room = t->cap - t->len;
-        int n = vsnprintf(t->p ? t->p + t->len : NULL, room, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->failed = true;
-            return;
-        }
-        if ((size_t)n < room) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t nc = t->cap ? t->cap * 2 : 1024;
-        while (nc < t->len + (size_t)n + 1)
-            nc *= 2;
-        char *np = realloc(t->p, nc);
-        if (!np) {
-            t->failed = true;
-            return;
-        }
-        t->p = np;
-        t->cap = nc;
-    }
-}
-
 static const char *or_dash(const char *s)
 {
     return s && *s ? s : "-";
 }
 
 /* "d7=capped:day,d9=filtered:min_score" -> one line per dealer. */
-static void text_passed(struct txt *t, const char *passed)
+static void text_passed(FILE *out, const char *passed)
 {
     if (!passed || !*passed) {
-        tp(t, "    others considered: none\n");
+        fprintf(out, "    others considered: none\n");
         return;
     }
-    tp(t, "    others considered:\n");
+    fprintf(out, "    others considered:\n");
     for (const char *p = passed; *p;) {
         size_t n = strcspn(p, ",");
         char item[256];
@@ -406,54 +368,61 @@ static void text_passed(struct txt *t, const char *passed)
         const char *code = eq ? eq + 1 : "";
         if (eq)
             *eq = 0;
-        tp(t, "      %-24s %-20s %s\n", item, code, why_words(code));
+        fprintf(out, "      %-24s %-20s %s\n", item, code, why_words(code));
         p += n + (p[n] == ',');
     }
 }
 
-static int text_result(const struct admin_why *w, char **out, char *err, size_t errlen)
+static int text_result(const struct admin_why *w, char **res, char *err, size_t errlen)
 {
-    struct txt t = {0};
-    char when[48];
-    tp(&t, "lead %s\n", w->id);
+    char *text = NULL, when[48];
+    size_t len = 0;
+    FILE *out = open_memstream(&text, &len);
+    if (!out) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    fprintf(out, "lead %s\n", w->id);
     if (w->have_record) {
         const char *oc = or_dash(w->r_outcome);
         fmt_time(w->r_at ? strtoll(w->r_at, NULL, 10) : 0, when, sizeof when);
-        tp(&t, "  record: routed %s, attempt %s, niche %s, input entry %s\n", when, or_dash(w->r_attempt),
-           or_dash(w->r_niche), or_dash(w->r_ref));
+        fprintf(out, "  record: routed %s, attempt %s, niche %s, input entry %s\n", when,
+                or_dash(w->r_attempt), or_dash(w->r_niche), or_dash(w->r_ref));
         if (strcmp(oc, "assigned") == 0)
-            tp(&t, "  now: assigned to %s\n", or_dash(w->r_dealers));
+            fprintf(out, "  now: assigned to %s\n", or_dash(w->r_dealers));
         else
-            tp(&t, "  now: unassigned (%s)%s%s\n", oc,
-               w->r_dealers && *w->r_dealers ? ", had it before: " : "",
-               w->r_dealers && *w->r_dealers ? w->r_dealers : "");
+            fprintf(out, "  now: unassigned (%s)%s%s\n", oc,
+                    w->r_dealers && *w->r_dealers ? ", had it before: " : "",
+                    w->r_dealers && *w->r_dealers ? w->r_dealers : "");
     } else {
-        tp(&t, "  record: none (expired after routing.record_ttl, or the lead was a duplicate_id)\n");
+        fprintf(out, "  record: none (expired after routing.record_ttl, or the lead was a duplicate_id)\n");
     }
     if (w->n == 0)
-        tp(&t,
-           "  decisions: no audit entry found (routing.audit_maxlen = 0, or the entry was trimmed, or it is "
-           "older than the newest %d decisions)\n",
-           ADMIN_WHY_SCAN);
+        fprintf(
+            out,
+            "  decisions: no audit entry found (routing.audit_maxlen = 0, or the entry was trimmed, or it is "
+            "older than the newest %d decisions)\n",
+            ADMIN_WHY_SCAN);
     /* Oldest first. */
     for (int i = w->n - 1; i >= 0; i--) {
         const struct why_entry *e = &w->e[i];
         fmt_time(entry_ms(e->id), when, sizeof when);
-        tp(&t, "  decision %d at %s (audit entry %s):\n", w->n - i, when, e->id);
+        fprintf(out, "  decision %d at %s (audit entry %s):\n", w->n - i, when, e->id);
         const char *oc = or_dash(e->outcome);
         if (strcmp(oc, "assigned") == 0)
-            tp(&t, "    assigned to %s by rule %s\n", or_dash(e->dealers), or_dash(e->rule));
+            fprintf(out, "    assigned to %s by rule %s\n", or_dash(e->dealers), or_dash(e->rule));
         else
-            tp(&t, "    unassigned: %s\n", oc);
-        tp(&t, "    niche %s, attempt %s\n", or_dash(e->niche), or_dash(e->attempt));
-        text_passed(&t, e->passed);
+            fprintf(out, "    unassigned: %s\n", oc);
+        fprintf(out, "    niche %s, attempt %s\n", or_dash(e->niche), or_dash(e->attempt));
+        text_passed(out, e->passed);
     }
-    if (t.failed) {
-        free(t.p);
+    bool bad = ferror(out) != 0;
+    if (fclose(out) != 0 || bad) {
+        free(text);
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    *out = t.p;
+    *res = text;
     return 0;
 }
 

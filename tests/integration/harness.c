@@ -255,9 +255,9 @@ static char *read_file(const char *path, size_t *len)
 
 /* ---- redis-server --------------------------------------------------- */
 
-/* A port the kernel just gave to a loopback socket: free at that moment
- * (another process may take it before redis-server does: callers retry). */
-int h_free_port(void)
+/* A TCP socket bound to 127.0.0.1 on a port the kernel picks (*port);
+ * listening when backlog > 0. */
+static int loopback_socket(int backlog, int *port)
 {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     cr_assert_geq(fd, 0, "socket: %s", strerror(errno));
@@ -265,12 +265,22 @@ int h_free_port(void)
     memset(&a, 0, sizeof a);
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    a.sin_port = 0;
     socklen_t alen = sizeof a;
     cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
+    if (backlog > 0)
+        cr_assert_eq(listen(fd, backlog), 0, "listen: %s", strerror(errno));
     cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &alen), 0, "getsockname: %s", strerror(errno));
-    close(fd);
-    return ntohs(a.sin_port);
+    *port = ntohs(a.sin_port);
+    return fd;
+}
+
+/* A port the kernel just gave to a loopback socket: free at that moment
+ * (another process may take it before redis-server does: callers retry). */
+int h_free_port(void)
+{
+    int port;
+    close(loopback_socket(0, &port));
+    return port;
 }
 
 /* Connects to our redis-server and checks it is ours (INFO process_id):
@@ -502,17 +512,8 @@ static void proxy_run(int lfd, int port)
 int h_proxy_start(void)
 {
     cr_assert_eq(H.proxy_pid, 0, "one proxy per test");
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
-    cr_assert_geq(lfd, 0, "socket: %s", strerror(errno));
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t alen = sizeof a;
-    cr_assert_eq(bind(lfd, (struct sockaddr *)&a, sizeof a), 0, "bind: %s", strerror(errno));
-    cr_assert_eq(listen(lfd, 64), 0, "listen: %s", strerror(errno));
-    cr_assert_eq(getsockname(lfd, (struct sockaddr *)&a, &alen), 0, "getsockname: %s", strerror(errno));
-    int port = ntohs(a.sin_port);
+    int port;
+    int lfd = loopback_socket(64, &port);
     pid_t parent = getpid();
     pid_t pid = fork();
     cr_assert_neq(pid, -1, "fork: %s", strerror(errno));

@@ -508,6 +508,28 @@ Test(faults, list_dead_consumer_processing_list_recovered)
     fault_oracle("list_dead_consumer_processing_list_recovered");
 }
 
+/* Two list-mode daemons, A and B, route `warmup` leads; then, both frozen
+ * while blocked in BLMOVE on an empty input, two leads arrive at once and
+ * Redis moves one into each processing list. Returns with both frozen and
+ * A's processing list (holding its lead) in proc. */
+static void catch_a_holding(int warmup, int *a, int *b, char *proc, size_t len)
+{
+    *a = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
+    *b = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
+    send_leads(warmup);
+    h_wait_drained(15);
+    H_WAIT(blocked_in("blmove") == 2, 10, "the two daemons are not both waiting in BLMOVE");
+    h_daemon_signal(*a, SIGSTOP);
+    h_daemon_signal(*b, SIGSTOP);
+    struct h_lead two[2];
+    char ids[2][32], phones[2][32], emails[2][48];
+    for (int i = 0; i < 2; i++)
+        two[i] = fault_lead(ids[i], phones[i], emails[i]);
+    h_send_atomic(two, 2);
+    proc[0] = 0;
+    H_WAIT(processing_of(h_daemon_pid(*a), proc, len), 5, "frozen daemon A holds no lead");
+}
+
 /* For real: two list-mode daemons share the input; A is killed (kill -9)
  * while its processing list holds a lead it took, between two runs of
  * leads. To catch A holding one, both are frozen while blocked in BLMOVE
@@ -517,20 +539,9 @@ Test(faults, list_dead_consumer_processing_list_recovered)
 Test(faults, list_kill9_daemon_mid_stream)
 {
     caps_watch();
-    int a = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
-    int b = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
-    send_leads(100);
-    h_wait_drained(15);
-    H_WAIT(blocked_in("blmove") == 2, 10, "the two daemons are not both waiting in BLMOVE");
-    h_daemon_signal(a, SIGSTOP);
-    h_daemon_signal(b, SIGSTOP);
-    struct h_lead two[2];
-    char ids[2][32], phones[2][32], emails[2][48];
-    for (int i = 0; i < 2; i++)
-        two[i] = fault_lead(ids[i], phones[i], emails[i]);
-    h_send_atomic(two, 2);
-    char proc[256] = "";
-    H_WAIT(processing_of(h_daemon_pid(a), proc, sizeof proc), 5, "frozen daemon A holds no lead");
+    int a, b;
+    char proc[256];
+    catch_a_holding(100, &a, &b, proc, sizeof proc);
     cr_assert_eq(h_int("LLEN %s", proc), 1);
     h_daemon_kill9(a);
     h_daemon_check_log(a);
@@ -550,20 +561,9 @@ Test(faults, list_kill9_daemon_mid_stream)
 Test(faults, list_sigstop_daemon_is_fenced_after_takeover)
 {
     caps_watch();
-    int a = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
-    int b = h_daemon_start(h_config("list", "claim_idle_ms = 1000;", CONF_FAULTS));
-    send_leads(50);
-    h_wait_drained(15);
-    H_WAIT(blocked_in("blmove") == 2, 10, "the two daemons are not both waiting in BLMOVE");
-    h_daemon_signal(a, SIGSTOP);
-    h_daemon_signal(b, SIGSTOP);
-    struct h_lead two[2];
-    char ids[2][32], phones[2][32], emails[2][48];
-    for (int i = 0; i < 2; i++)
-        two[i] = fault_lead(ids[i], phones[i], emails[i]);
-    h_send_atomic(two, 2);
-    char proc[256] = "";
-    H_WAIT(processing_of(h_daemon_pid(a), proc, sizeof proc), 5, "frozen daemon A holds no lead");
+    int a, b;
+    char proc[256];
+    catch_a_holding(50, &a, &b, proc, sizeof proc);
     h_daemon_signal(b, SIGCONT);
     H_WAIT(h_drained() && h_outcomes() == 52, 20, "B did not take over A's lead (%zu outcomes of 52)",
            h_outcomes());
