@@ -5,6 +5,8 @@
 
 #include "smap.h"
 
+_Static_assert(sizeof(struct smap_slot) == 32, "smap_slot: half a cache line");
+
 struct smap_item {
     uint16_t ns;
     uint16_t klen;
@@ -47,6 +49,13 @@ uint64_t smap_hash(uint16_t ns, const char *key, size_t len)
     h *= 0xbf58476d1ce4e5b9ULL;
     h ^= h >> 32;
     return h ? h : 1;
+}
+
+/* What a slot keeps of the hash: its high half, never 0. */
+static inline uint32_t slot_tag(uint64_t h)
+{
+    uint32_t t = (uint32_t)(h >> 32);
+    return t ? t : 1;
 }
 
 int smap_builder_add(struct smap_builder *b, uint16_t ns, const char *key, size_t len, uint32_t val)
@@ -146,21 +155,26 @@ int smap_build(struct smap *m, struct smap_builder *b)
     for (size_t i = 0; i < b->n;) {
         size_t j = i;
         const struct smap_item *it = &b->items[i];
-        struct smap_slot s = {.hash = it->hash, .klen = (uint8_t)it->klen, .ns = it->ns, .voff = nv};
+        struct smap_slot s = {.tag = slot_tag(it->hash), .klen = (uint8_t)it->klen, .ns = it->ns};
         if (it->klen > SMAP_INLINE_KEY)
             s.koff = it->koff;
         else
             memcpy(s.key, b->keys + it->koff, it->klen);
+        uint32_t off = nv;
         for (; j < b->n && same_key(it, &b->items[j], b->keys); j++)
             if (j == i || b->items[j].val != b->items[j - 1].val)
                 m->vals[nv++] = b->items[j].val;
-        s.vlen = nv - s.voff;
-        if (s.vlen <= SMAP_INLINE_VALS) {
-            memcpy(s.inl, m->vals + s.voff, s.vlen * sizeof *s.inl);
-            nv = s.voff;
+        if (nv - off <= SMAP_INLINE_VALS) {
+            s.n = (uint8_t)(nv - off);
+            memcpy(s.inl, m->vals + off, s.n * sizeof *s.inl);
+            nv = off;
+        } else {
+            s.n = SMAP_SPILL;
+            s.out.off = off;
+            s.out.n = nv - off;
         }
-        uint32_t p = (uint32_t)s.hash & m->mask;
-        while (m->slots[p].hash)
+        uint32_t p = (uint32_t)it->hash & m->mask;
+        while (m->slots[p].tag)
             p = (p + 1) & m->mask;
         m->slots[p] = s;
         i = j;
@@ -204,14 +218,19 @@ const uint32_t *smap_get_h(const struct smap *m, uint16_t ns, const char *key, s
     *n = 0;
     if (!m->slots)
         return NULL;
+    uint32_t tag = slot_tag(h);
     for (uint32_t p = (uint32_t)h & m->mask;; p = (p + 1) & m->mask) {
         const struct smap_slot *s = &m->slots[p];
-        if (!s->hash)
+        if (!s->tag)
             return NULL;
-        if (s->hash == h && s->ns == ns && s->klen == len &&
+        if (s->tag == tag && s->ns == ns && s->klen == len &&
             key_eq(len > SMAP_INLINE_KEY ? m->keys + s->koff : s->key, key, len)) {
-            *n = s->vlen;
-            return s->vlen <= SMAP_INLINE_VALS ? s->inl : m->vals + s->voff;
+            if (s->n != SMAP_SPILL) {
+                *n = s->n;
+                return s->inl;
+            }
+            *n = s->out.n;
+            return m->vals + s->out.off;
         }
     }
 }
@@ -220,7 +239,8 @@ void smap_prefetch_h(const struct smap *m, uint64_t h)
 {
     if (!m->slots)
         return;
-    /* The home slot, and the next one a collision would probe. */
+    /* The home slot's line, and the next slot's (the same line, or the one
+     * a probe past the home slot reads next). */
     uint32_t p = (uint32_t)h & m->mask;
     __builtin_prefetch(&m->slots[p]);
     __builtin_prefetch(&m->slots[(p + 1) & m->mask]);

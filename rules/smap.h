@@ -10,26 +10,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SMAP_INLINE_KEY 24
-#define SMAP_INLINE_VALS 5
+#define SMAP_INLINE_KEY 12
+#define SMAP_INLINE_VALS 3
+#define SMAP_SPILL 0xff
 
-/* One cache line: a lookup usually touches nothing else. Keys of up to
- * SMAP_INLINE_KEY bytes and up to SMAP_INLINE_VALS values live in the slot;
- * longer ones in keys[] / vals[]. */
+/* Half a cache line, so that the largest map (every (niche, zip) of the
+ * config) stays small enough to share the cache: a lookup usually touches
+ * this and nothing else. Keys of up to SMAP_INLINE_KEY bytes and up to
+ * SMAP_INLINE_VALS values live in the slot; longer ones in keys[] /
+ * vals[]. */
 struct smap_slot {
-    uint64_t hash; /* 0 = empty */
+    uint32_t tag; /* the hash's high half, never 0; 0 = empty */
     uint16_t ns;
     uint8_t klen;
-    uint8_t pad;
-    uint32_t vlen;
-    uint32_t voff; /* values in vals[] when vlen > SMAP_INLINE_VALS */
+    uint8_t n; /* values in inl[], or SMAP_SPILL: vals[out.off], out.n of them */
     union {
         char key[SMAP_INLINE_KEY];
         uint32_t koff; /* key bytes in keys[] when klen > SMAP_INLINE_KEY */
     };
-    uint32_t inl[SMAP_INLINE_VALS];
-} __attribute__((aligned(64)));
+    union {
+        uint32_t inl[SMAP_INLINE_VALS];
+        struct {
+            uint32_t off, n;
+        } out;
+    };
+} __attribute__((aligned(32)));
 
+/* Open addressing with linear probing, at a load of at most 0.5; the
+ * hash's low half picks the home slot. */
 struct smap {
     struct smap_slot *slots;
     uint32_t mask;
