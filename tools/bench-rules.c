@@ -12,7 +12,14 @@
 
 #define N_NICHES 5
 #define ZIPS_PER_REGION 20
-#define N_LEADS 65536
+/* Leads are routed from a ring of two batches in memory that is reused, as
+ * the daemon decodes each lead into memory it reuses: while one half is
+ * routed, the other holds the next batch, so that prefetching ahead finds
+ * it ready; the routed half is then refilled with fresh random leads,
+ * untimed. */
+#define BATCH 1024
+#define RING (2 * BATCH)
+#define WARMUP_BATCHES 64
 
 static const char *const niche_names[N_NICHES] = {"home_improvement", "solar", "mortgage", "insurance", "hvac"};
 static const enum rules_strategy niche_strat[N_NICHES] = {STRAT_WEIGHTED, STRAT_NEAREST, STRAT_ROUND_ROBIN,
@@ -31,8 +38,10 @@ static void usage(void)
            "Leads: a random region, one of its zips, its state, coordinates within 5 km of its\n"
            "centre, a source naming the niche, a score or signals. Leads go to full regions only,\n"
            "so with 10 dealers 8 cover each lead and 2 are idle. Every dealer of the region\n"
-           "covers the lead: more dealers means more territory, not more competition.\n",
-           ZIPS_PER_REGION, ZIPS_PER_REGION);
+           "covers the lead: more dealers means more territory, not more competition.\n"
+           "Leads are fresh and random, made in batches of %d into a ring that is reused (the\n"
+           "daemon decodes each lead into memory it reuses); making them is not timed.\n",
+           ZIPS_PER_REGION, ZIPS_PER_REGION, BATCH);
 }
 
 static char *xstrdup(const char *s)
@@ -164,10 +173,10 @@ static struct rules_table *build(uint32_t n_dealers, uint32_t per_region, uint32
 
 /* Leads and the strings they point to. */
 struct leadset {
-    struct lead leads[N_LEADS];
-    char text[N_LEADS][64];
-    struct lead_signal sig[N_LEADS][2];
-    struct lead_field field[N_LEADS];
+    struct lead leads[RING];
+    char text[RING][64];
+    struct lead_signal sig[RING][2];
+    struct lead_field field[RING];
 };
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ULL;
@@ -184,14 +193,15 @@ static struct lr_str S(const char *p, size_t n)
     return (struct lr_str){p, (uint32_t)n};
 }
 
-static void make_leads(struct leadset *ls, uint32_t n_regions)
+/* Fills the batch at ring index `first` with fresh leads (ids from *serial). */
+static void make_leads(struct leadset *ls, uint32_t first, uint32_t n_regions, uint64_t *serial)
 {
-    for (uint32_t i = 0; i < N_LEADS; i++) {
+    for (uint32_t i = first; i < first + BATCH; i++) {
         struct lead *l = &ls->leads[i];
         char *t = ls->text[i];
         uint32_t region = rnd() % n_regions, niche = rnd() % N_NICHES;
         memset(l, 0, sizeof *l);
-        int o = snprintf(t, 64, "L%u", i);
+        int o = snprintf(t, 64, "L%llu", (unsigned long long)(*serial)++);
         l->id = S(t, (size_t)o);
         char *src = t + o + 1;
         int so = snprintf(src, 40, "%s.example", niche_names[niche]);
@@ -249,10 +259,15 @@ struct bcase {
     struct rules_scratch *s;
     int64_t *rr;
     struct leadset *ls;
+    uint32_t lead_regions;                 /* leads go to full regions only */
+    uint64_t serial;                       /* the next lead id */
     struct rules_input in;
-    uint64_t next;
-    double covered, assigned;
+    uint64_t next;                         /* ring position: a batch boundary between batches */
+    uint64_t covered, assigned;            /* dealers covering, leads assigned, every batch routed */
+    double cover_per_lead, assigned_share; /* over the warm-up */
 };
+
+static double route_batch(struct bcase *c);
 
 static void setup(struct bcase *c, uint32_t n_dealers, uint32_t per_region)
 {
@@ -267,17 +282,14 @@ static void setup(struct bcase *c, uint32_t n_dealers, uint32_t per_region)
         fprintf(stderr, "bench-rules: out of memory\n");
         exit(70);
     }
-    make_leads(c->ls, n_dealers / per_region ? n_dealers / per_region : 1); /* full regions only */
+    c->lead_regions = n_dealers / per_region ? n_dealers / per_region : 1;
+    make_leads(c->ls, 0, c->lead_regions, &c->serial);
+    make_leads(c->ls, BATCH, c->lead_regions, &c->serial);
     c->in.now_ms = 1795000000000LL;
-    uint64_t covered = 0, assigned = 0;
-    struct rules_decision d;
-    for (uint32_t i = 0; i < N_LEADS; i++) { /* warm-up and mix statistics */
-        rules_decide(c->t, c->s, &c->ls->leads[i], &c->in, &d);
-        covered += d.n_verdicts;
-        assigned += rules_pick(c->t, &d, &c->in, &c->ls->leads[i], c->rr) > 0;
-    }
-    c->covered = (double)covered / N_LEADS;
-    c->assigned = (double)assigned / N_LEADS;
+    for (int b = 0; b < WARMUP_BATCHES; b++) /* warm-up and mix statistics */
+        route_batch(c);
+    c->cover_per_lead = (double)c->covered / (WARMUP_BATCHES * BATCH);
+    c->assigned_share = (double)c->assigned / (WARMUP_BATCHES * BATCH);
 }
 
 static void teardown(struct bcase *c)
@@ -288,27 +300,40 @@ static void teardown(struct bcase *c)
     rules_table_free(c->t);
 }
 
-/* Decisions per second of thread CPU time over at least `seconds`. */
-static double measure(struct bcase *c, double seconds)
+/* Routes the batch at the ring position, then refills it with the batch
+ * after the next one; returns the thread CPU time the routing took. */
+static double route_batch(struct bcase *c)
 {
     struct rules_decision d;
+    double t0 = now_s(CLOCK_THREAD_CPUTIME_ID);
+    for (uint32_t i = 0; i < BATCH; i++, c->next++) {
+        const struct lead *l = &c->ls->leads[c->next & (RING - 1)];
+        /* As a caller working through a batch can: start loading what
+         * the leads a few places ahead will read (rules_prefetch). */
+        rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 16) & (RING - 1)], 0, c->rr);
+        rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 8) & (RING - 1)], 1, c->rr);
+        rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 2) & (RING - 1)], 2, c->rr);
+        c->in.now_ms += 7;
+        rules_decide(c->t, c->s, l, &c->in, &d);
+        c->covered += d.n_verdicts;
+        c->assigned += rules_pick(c->t, &d, &c->in, l, c->rr) > 0;
+    }
+    double spent = now_s(CLOCK_THREAD_CPUTIME_ID) - t0;
+    make_leads(c->ls, (uint32_t)((c->next - BATCH) & (RING - 1)), c->lead_regions, &c->serial);
+    return spent;
+}
+
+/* Decisions per second of thread CPU time spent routing, over at least
+ * `seconds` of it. */
+static double measure(struct bcase *c, double seconds)
+{
     uint64_t n = 0;
-    double t0 = now_s(CLOCK_THREAD_CPUTIME_ID), t1;
+    double spent = 0;
     do {
-        for (uint32_t i = 0; i < 4096; i++, n++, c->next++) {
-            const struct lead *l = &c->ls->leads[c->next & (N_LEADS - 1)];
-            /* As a caller working through a batch can: start loading what
-             * the leads a few places ahead will read (rules_prefetch). */
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 16) & (N_LEADS - 1)], 0, c->rr);
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 8) & (N_LEADS - 1)], 1, c->rr);
-            rules_prefetch(c->t, c->s, &c->ls->leads[(c->next + 2) & (N_LEADS - 1)], 2, c->rr);
-            c->in.now_ms += 7;
-            rules_decide(c->t, c->s, l, &c->in, &d);
-            rules_pick(c->t, &d, &c->in, l, c->rr);
-        }
-        t1 = now_s(CLOCK_THREAD_CPUTIME_ID);
-    } while (t1 - t0 < seconds);
-    return (double)n / (t1 - t0);
+        spent += route_batch(c);
+        n += BATCH;
+    } while (spent < seconds);
+    return (double)n / spent;
 }
 
 int main(int argc, char **argv)
@@ -320,15 +345,18 @@ int main(int argc, char **argv)
             slice = 0.1;
             rounds = 5;
         } else if (!strcmp(argv[i], "--profile") && i + 2 < argc) {
-            /* One case, one short run: for perf or callgrind. */
+            /* One case, one short run (0.3 s of CPU time unless a third
+             * number says otherwise): for perf or callgrind. */
             struct bcase c;
+            double secs = i + 3 < argc ? atof(argv[i + 3]) : 0.3;
             setup(&c, (uint32_t)atoi(argv[i + 1]), (uint32_t)atoi(argv[i + 2]));
-            printf("dealers=%s per_region=%s dps=%.0f\n", argv[i + 1], argv[i + 2], measure(&c, 0.3));
+            printf("dealers=%s per_region=%s dps=%.0f\n", argv[i + 1], argv[i + 2],
+                   measure(&c, secs > 0 ? secs : 0.3));
             teardown(&c);
             return 0;
         } else {
             usage();
-            printf("usage: bench-rules [--quick | --profile DEALERS PER_REGION]\n");
+            printf("usage: bench-rules [--quick | --profile DEALERS PER_REGION [SECONDS]]\n");
             return strcmp(argv[i], "-h") && strcmp(argv[i], "--help") ? 1 : 0;
         }
     }
@@ -354,8 +382,8 @@ int main(int argc, char **argv)
     double med[NC];
     for (int c = 0; c < NC; c++) {
         med[c] = median(rate[c], rounds);
-        printf("%-8u %-12.1f %-8u %-12zu %-9.3f %.0f%s\n", cs[c].n_dealers, cs[c].covered, cs[c].regions,
-               cs[c].entries, cs[c].assigned, med[c], c == 3 ? "  (dense)" : "");
+        printf("%-8u %-12.1f %-8u %-12zu %-9.3f %.0f%s\n", cs[c].n_dealers, cs[c].cover_per_lead, cs[c].regions,
+               cs[c].entries, cs[c].assigned_share, med[c], c == 3 ? "  (dense)" : "");
         teardown(&cs[c]);
     }
     printf("RESULT rules_dps_10=%.0f rules_dps_1000=%.0f rules_dps_10000=%.0f growth=%.2f dense_dps=%.0f\n", med[0],
