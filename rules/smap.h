@@ -1,7 +1,7 @@
 /* smap.h - (private to rules/) an immutable hash map from (namespace, key
  * bytes) to a sorted list of uint32 values. Built once from a list of
  * (ns, key, value) triples; lookups do no allocation. Used for the
- * territory index (zips, prefixes, states, grid cells) and for niche
+ * territory index (zips, prefixes, states) and for niche
  * classification (names, sources, keywords). */
 #ifndef LEADROUTER_RULES_SMAP_H
 #define LEADROUTER_RULES_SMAP_H
