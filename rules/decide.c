@@ -548,7 +548,8 @@ void rules_decide(const struct rules_table *t, struct rules_scratch *s, const st
         memcpy(d->geo, pre->u, sizeof d->geo);
     else if (l->has_geo)
         rules_geo_point(l->lat, l->lon, d->geo);
-    struct terr_hits h = {.u = d->geo, .dhot = t->dhot, .dweight = t->dweight, .rr_base = (uint32_t)d->niche * t->n_dealers,
+    struct terr_hits h = {.u = d->geo, .dhot = t->dhot, .dweight = t->dweight,
+                          .rr_base = (uint32_t)d->niche * t->n_dealers,
                           .best = s->best, .bits = s->bits, .words = s->words, .v = s->verdicts};
     if (pre && pre->stage >= 1) {
         terr_merge(t, pre->L, pre->nl, &h);

@@ -198,6 +198,11 @@ struct rules_scratch {
     uint32_t n_rids;
 };
 
+/* Room for element n of arr, an array of n elements of sz bytes grown only
+ * by this: arr itself, or a larger copy (the capacity doubles, implied by
+ * n); NULL when out of memory, arr untouched. */
+void *rules_grow(void *arr, uint32_t n, size_t sz);
+
 /* The most telling unassigned reason of a decision that picked nobody. */
 enum rules_reason rules_most_telling(const struct rules_decision *d);
 

@@ -178,7 +178,7 @@ uint32_t rules_pick(const struct rules_table *t, struct rules_decision *d, const
                 uint32_t m = in->usage ? 0 : j - i; /* no usage: nobody is capped */
                 for (uint32_t x = i; x < j && in->usage; x++) {
                     struct rules_verdict *v = &d->verdicts[d->cand[x]];
-                    enum rules_why w = cap_check(&t->hot[v->dealer], in->usage ? &in->usage[v->dealer] : NULL);
+                    enum rules_why w = cap_check(&t->hot[v->dealer], &in->usage[v->dealer]);
                     if (w != WHY_CANDIDATE)
                         v->why = (uint8_t)w;
                     else

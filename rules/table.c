@@ -11,20 +11,21 @@ struct rules_table *rules_table_new(void)
     return calloc(1, sizeof(struct rules_table));
 }
 
+void *rules_grow(void *arr, uint32_t n, size_t sz)
+{
+    /* The capacity is implicit: 4, then doubled each time n reaches it. */
+    if (n != 0 && (n < 4 || (n & (n - 1)) != 0))
+        return arr;
+    return realloc(arr, (n ? (size_t)n * 2 : 4) * sz);
+}
+
 /* Appends one zeroed element of size sz to *arr (holding *n). */
 static void *append(void **arr, uint32_t *n, size_t sz)
 {
-    /* Grow by doubling: capacity is implicit (next power of two >= n). */
-    uint32_t cap = 1;
-    while (cap < *n)
-        cap <<= 1;
-    if (*n == 0 || *n == cap) {
-        uint32_t ncap = *n ? cap * 2 : 4;
-        void *na = realloc(*arr, (size_t)ncap * sz);
-        if (!na)
-            return NULL;
-        *arr = na;
-    }
+    void *na = rules_grow(*arr, *n, sz);
+    if (!na)
+        return NULL;
+    *arr = na;
     void *e = (char *)*arr + (size_t)(*n) * sz;
     memset(e, 0, sz);
     (*n)++;
@@ -419,7 +420,8 @@ static int compile_hot(struct rules_table *t)
         t->dhot[i] = (struct rules_dhot){
             .rid0 = h->rid0, .min_score = h->min_score, .tier = h->tier, .tz = h->tz, .from = h->from,
             .to = h->to, .days = h->days,
-            .flags = (uint8_t)(h->flags | (h->n_filt ? DHOT_FILTER : 0) | (h->grades || h->n_filt > 1 ? DHOT_SLOW : 0))};
+            .flags = (uint8_t)(h->flags | (h->n_filt ? DHOT_FILTER : 0) |
+                               (h->grades || h->n_filt > 1 ? DHOT_SLOW : 0))};
         t->dweight[i] = h->weight;
         if (d->has_radius) {
             double u[3], theta = d->km / 6371.0;

@@ -112,19 +112,15 @@ struct cell_pairs {
         uint64_t key;
         uint32_t dealer;
     } *v;
-    size_t n, cap;
+    uint32_t n;
 };
 
 static int cell_add(struct cell_pairs *cp, uint64_t key, uint32_t di)
 {
-    if (cp->n == cp->cap) {
-        size_t nc = cp->cap ? cp->cap * 2 : 256;
-        struct cell_pair *nv = realloc(cp->v, nc * sizeof *nv);
-        if (!nv)
-            return -1;
-        cp->v = nv;
-        cp->cap = nc;
-    }
+    struct cell_pair *nv = rules_grow(cp->v, cp->n, sizeof *nv);
+    if (!nv)
+        return -1;
+    cp->v = nv;
     cp->v[cp->n++] = (struct cell_pair){key, di};
     return 0;
 }

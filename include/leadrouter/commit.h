@@ -35,7 +35,7 @@ struct commit_args {
     uint32_t nrr;
     /* Cap buckets of the batch, per time zone of table: computed once per
      * zone and batch (bkseen[tz] == bkgen). */
-    char (*bk)[4][16];
+    char (*bk)[PERIOD_N][16];
     uint32_t *bkseen, bkgen;
     char prefix[128];
 };

@@ -392,8 +392,6 @@ static bool parse_int(const char *s, size_t n, bool strict, int64_t *v)
     return true;
 }
 
-/* A decimal number: -?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)? and finite. Not
- * inf, nan, hex or a bare ".5": those are text in a spreadsheet. */
 /* Moves *i past a run of digits; false if there is none. */
 static bool skip_digits(const char *s, size_t n, size_t *i)
 {
@@ -402,6 +400,9 @@ static bool skip_digits(const char *s, size_t n, size_t *i)
         (*i)++;
     return *i > d0;
 }
+
+/* A decimal number: -?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)? and finite. Not
+ * inf, nan, hex or a bare ".5": those are text in a spreadsheet. */
 
 static bool parse_float(const char *s, size_t n, double *v)
 {
