@@ -917,7 +917,7 @@ static void render_dealers(const struct dealers_snap *s, bool json, struct evbuf
     tbl_free(&t);
     evbuffer_add_printf(body,
                         "(weight*: set by ops; HOUR/DAY/MONTH: assignments in the dealer's current periods, "
-                        "all daemons; SHARE: entitled by weight among the niche's dealers of the same tier "
+                        "all daemons, counted for the periods its caps name (and the day under least_loaded); SHARE: entitled by weight among the niche's dealers of the same tier "
                         "vs actual since this daemon started)\n");
 }
 

@@ -1,303 +1,334 @@
 -- commit.lua - the atomic commit of a batch of leads (SPEC section 4).
--- Loaded once, called with EVALSHA <sha> 0 ARGV... by leadrouterd.
--- The daemon has decided and picked each lead from its cached view of the
--- caps, queue depths and rotation state; this script checks that view
--- against Redis and writes. One call commits every lead of a batch; each
--- lead is committed whole or not at all. Every check of a lead comes
--- before its writes: a Lua error does not undo writes.
+-- Loaded once, called with EVALSHA <sha> 0 ARGV... by leadrouterd; the
+-- argument positions, section widths and reply codes above this line are
+-- generated from include/leadrouter/commit_contract.h, which documents them.
 --
--- ARGV (built by daemon/commit.c):
---  1 prefix  2 mode (stream|list|return)  3 group  4 consumer
---  5 record_ttl  6 audit_maxlen  7 max_attempts  8 stats hour (YYYYMMDDHH UTC)
---  9 dedup: action then keys, comma-separated ("same_dealer,phone,email")
--- 10 dedup window (s)  11 number of leads  12 list mode: the processing list
--- 13 the dealers the batch picks, msgpack: an array of
---    [id, cap_h, cap_d, cap_w, cap_m, bucket_h, bucket_d, bucket_w,
---     bucket_m, max_pending] (buckets in the dealer's local time)
--- 14 the rotation fields the batch moves, msgpack: a flat array of
---    key, dealer id pairs
--- then 3 per lead: meta (msgpack), payload (raw msgpack), head (raw)
---   meta = [ref, id, attempt, source, niche, outcome, error, flags,
---           picked, rules, phone, email, passed, had, rr]
---   (ref: stream entry id; outcome: "route", an unassigned reason, or
---    "dead" with error; head: msgpack map header + fixed assignment fields;
---    flags: 'h' hot grade, 'S' same_dealer settled by the daemon; picked:
---    the dealers picked, as positions in ARGV[13]; rules: their `rule`;
---    passed: the compact "dealer=why" list of the others, for the audit;
---    had: dealers that had the lead already, comma list; rr: the lead's
---    rotation moves, a flat array of (position in ARGV[14], delta))
--- Reply: one entry per lead: "assigned:<dealers>", "unassigned:<reason>",
--- "dead", "stale" (no longer pending: committed already), "not_owner"
--- (another consumer took it over), "redo" (a picked dealer's cap or queue
--- is full in Redis: nothing written, the daemon decides again with the
--- counters below) or "redo:same:<dealer>" (dedup same_dealer names a prior
--- dealer); then two arrays: the counters of every dealer the batch checked,
--- flat [position, used_h, used_d, used_w, used_m, queue_len (-1 unknown)],
--- and the rotation values after the batch of every field in ARGV[14],
--- flat [position, value].
+-- The daemon has decided every lead of the batch from its view of Redis
+-- (the pre-read of records, suppression and dedup digests, the counters,
+-- queue depths and rotation of the commits before it) and built every
+-- string to write. This script checks that view and writes. A batch is
+-- committed whole or not at all: every check, and every check of what could
+-- make a write fail (ACL rights, key types), comes before the first write,
+-- because a Lua error does not undo writes. Out of memory fails the first
+-- write, before anything is written.
 -- A lead that passes the fence has not been committed: its commit would
 -- have acknowledged it in the same atomic step. So sending a commit again
--- after a lost reply is safe: the second one finds "stale".
+-- after a lost reply is safe: the second one finds every lead stale.
 
 local A = ARGV
-local p, mode, group, consumer = A[1], A[2], A[3], A[4]
-local audit_maxlen, max_attempts = tonumber(A[6]), tonumber(A[7])
-local hour, dedup, window, nleads, plist = A[8], A[9], tonumber(A[10]), tonumber(A[11]), A[12]
-local inkey = (mode == 'return') and (p .. ':returns') or (p .. ':in')
-local action = string.match(dedup, '^[^,]*')
-local dedup_phone = string.find(dedup, ',phone', 1, true) ~= nil
-local dedup_email = string.find(dedup, ',email', 1, true) ~= nil
-local periods = {'hour', 'day', 'week', 'month'}
-local ttl = {2 * 3600, 2 * 86400, 8 * 86400, 32 * 86400}
 local rcall = redis.call
+local mode, inkey, group, consumer = A[MODE], A[INKEY], A[GROUP], A[CONSUMER]
+local nleads, nexist, ndig = tonumber(A[N_LEADS]), tonumber(A[N_EXIST]), tonumber(A[N_DIGESTS])
+local ndealers, nrr, nstats = tonumber(A[N_DEALERS]), tonumber(A[N_RR]), tonumber(A[N_STATS])
+local nun, ndead = tonumber(A[N_UNASSIGNED]), tonumber(A[N_DEAD])
+local audit_on = A[AUDIT_MAXLEN] ~= '0'
 
-local t = rcall('TIME')
-local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
--- Numbers go to redis.call as strings made once: Lua formats a number
--- argument with sprintf at every call.
-local now_s, ttl_s, window_s, maxlen_s = tostring(now_ms), A[5], A[10], A[6]
-local pk = cmsgpack.pack
-local routed_pk = pk('routed_at') .. pk(now_ms) .. pk('lead')
--- cmsgpack packs Lua strings as str; dead letters keep the payload as bin.
-local function pkbin(b)
-  local n = #b
-  if n < 256 then return '\196' .. string.char(n) .. b end
-  if n < 65536 then return '\197' .. string.char(math.floor(n / 256), n % 256) .. b end
-  return '\198' .. string.char(math.floor(n / 16777216) % 256, math.floor(n / 65536) % 256,
-    math.floor(n / 256) % 256, n % 256) .. b
+-- Section offsets (each one before its first argument).
+local L0 = ARG_END - 1
+local E0 = L0 + nleads * LEAD_W
+local G0 = E0 + nexist
+local D0 = G0 + ndig * DIGEST_W
+local dealers = {}
+do
+  local i = D0
+  for _ = 1, ndealers do
+    local nk, np, nh = tonumber(A[i + 4]), tonumber(A[i + 5]), tonumber(A[i + 6])
+    local d = {q = A[i + 1], mp = tonumber(A[i + 2]), delta = tonumber(A[i + 3]), nk = nk, np = np, nh = nh,
+      k0 = i + DEALER_W}
+    d.b0 = d.k0 + nk * CAPKEY_W
+    dealers[#dealers + 1] = d
+    i = d.b0 + np + nh
+  end
+  D0 = i -- now: the end of the dealer section
+end
+local R0 = D0
+local S0 = R0 + nrr * RR_W
+local U0 = S0 + nstats * STAT_W
+local X0 = U0 + nun
+
+-- Long argument lists go in chunks (Lua's unpack has a stack limit).
+local function call_range(cmd, key, pre, from, to)
+  for c = from, to, 1000 do
+    local e = math.min(c + 999, to)
+    if pre then rcall(cmd, key, pre, unpack(A, c, e)) else rcall(cmd, key, unpack(A, c, e)) end
+  end
+end
+local function call_list(cmd, key, list)
+  for c = 1, #list, 1000 do rcall(cmd, key, unpack(list, c, math.min(c + 999, #list))) end
 end
 
--- Batch-wide caches and deltas: each key is read once and written once.
-local owned = nil
-if mode ~= 'list' then
-  owned = {}
-  local pe = rcall('XPENDING', inkey, group, '-', '+', nleads * 4 + 1024, consumer)
-  for _, e in ipairs(pe) do owned[e[1]] = true end
+-- 0. What would make a write fail half way: the ACL user's rights and the
+-- types of the keys written. Reported as errors that retrying cannot cure.
+local function may(cmd, key, ...)
+  if redis.acl_check_cmd and not redis.acl_check_cmd(cmd, key, ...) then
+    return redis.error_reply('NOPERM leadrouter commit: the ACL user may not run ' .. cmd .. ' on ' .. key)
+  end
+end
+local function typed(key, want)
+  local t = rcall('TYPE', key)['ok']
+  if t ~= 'none' and t ~= want then
+    return redis.error_reply('WRONGTYPE leadrouter commit: ' .. key .. ' holds a ' .. t .. ', not a ' .. want)
+  end
+end
+local e
+local first_rec, first_audit = nil, nil
+for k = 1, nleads do
+  local b = L0 + (k - 1) * LEAD_W
+  if not first_rec and A[b + 3] ~= '' and A[b + 4] ~= '' then first_rec = A[b + 3] end
+  if not first_audit and A[b + 5] ~= '' then first_audit = true end
+end
+if first_rec then
+  e = may('SET', first_rec, 'x', 'EX', '1') or (mode == 'return' and typed(first_rec, 'string'))
+  if e then return e end
+end
+if audit_on and first_audit then
+  e = may('XADD', A[AUDIT_KEY], '*', 'a', 'b') or may('XTRIM', A[AUDIT_KEY], 'MAXLEN', '1') or
+    typed(A[AUDIT_KEY], 'stream')
+  if e then return e end
+end
+if nun > 0 then e = may('RPUSH', A[UNASSIGNED_KEY], 'x') or typed(A[UNASSIGNED_KEY], 'list') if e then return e end end
+if ndead > 0 then e = may('RPUSH', A[DEAD_KEY], 'x') or typed(A[DEAD_KEY], 'list') if e then return e end end
+if nstats > 0 then
+  e = may('HINCRBY', A[STATS_KEY], 'f', '1') or may('EXPIRE', A[STATS_KEY], '1') or typed(A[STATS_KEY], 'hash')
+  if e then return e end
+end
+if ndig > 0 then
+  e = may('HSET', A[SEEN_CUR], 'f', 'v') or may('EXPIREAT', A[SEEN_CUR], '1') or typed(A[SEEN_CUR], 'hash') or
+    (A[SEEN_PREV] ~= '' and typed(A[SEEN_PREV], 'hash'))
+  if e then return e end
+end
+e = may('SET', A[SEQKEY], '1', 'EX', '1') or typed(A[SEQKEY], 'string')
+if e then return e end
+if mode == 'list' then
+  e = may('LTRIM', inkey, '0', '1') or may('LREM', inkey, '1', 'x')
+else
+  e = may('XACK', inkey, group, '0-1')
+end
+if e then return e end
+for x, d in ipairs(dealers) do
+  if x == 1 then
+    e = may('RPUSH', d.q, 'x') or may('LPUSH', d.q, 'x')
+    if d.nk > 0 then e = e or may('INCRBY', A[d.k0 + 1], '1') or may('EXPIRE', A[d.k0 + 1], '1') end
+    if e then return e end
+  end
+  e = typed(d.q, 'list')
+  if e then return e end
+end
+local rrkeys = {}
+for r = 1, nrr do
+  local key = A[R0 + (r - 1) * RR_W + 1]
+  if not rrkeys[key] then
+    rrkeys[key] = true
+    e = (r == 1 and may('HINCRBY', key, 'f', '1')) or typed(key, 'hash')
+    if e then return e end
+  end
 end
 
-local DT = cmsgpack.unpack(A[13])
-local dealer = {}
-local function dealer_at(x)
-  local d = dealer[x]
-  if d == nil then
-    local r = DT[x]
-    d = {id = r[1], caps = {r[2], r[3], r[4], r[5]}, max_pending = r[10], keys = {}, used = {}, delta = 0,
-      qlen = -1, new = false, push = {}, hot = {}, pkid = pk('dealer') .. pk(r[1]) .. pk('rule')}
-    for j = 1, 4 do d.keys[j] = p .. ':cap:' .. r[1] .. ':' .. periods[j] .. ':' .. r[5 + j] end
-    local raw = rcall('MGET', d.keys[1], d.keys[2], d.keys[3], d.keys[4])
-    for j = 1, 4 do
-      if raw[j] == false then d.new = true end
-      d.used[j] = tonumber(raw[j] or '0')
+-- 1. The checks. Reads only, for every lead, before any write.
+local codes = {}
+local why = ''
+for k = 1, nleads do codes[k] = CODE_DONE end
+local function refuse(w) if why == '' then why = w end end
+
+-- The fence: this consumer must still own every entry.
+local list_fast = false
+if mode == 'list' then
+  -- The batch's leads were moved to the processing list in order, oldest
+  -- at the tail: usually they are its last nleads entries.
+  local tail = rcall('LRANGE', inkey, -nleads, -1)
+  list_fast = #tail == nleads
+  for k = 1, nleads do
+    if not list_fast then break end
+    if tail[nleads + 1 - k] ~= A[L0 + (k - 1) * LEAD_W + 1] then list_fast = false end
+  end
+  if not list_fast then
+    for k = 1, nleads do
+      if not rcall('LPOS', inkey, A[L0 + (k - 1) * LEAD_W + 1]) then codes[k] = CODE_STALE refuse('fence') end
     end
-    if d.max_pending > 0 then d.qlen = rcall('LLEN', p .. ':dealer:' .. d.id) end
-    dealer[x] = d
   end
-  return d
-end
-local function full(d)
-  if d.max_pending > 0 and d.qlen >= d.max_pending then return true end
-  for j = 1, 4 do
-    if d.caps[j] > 0 and d.used[j] >= d.caps[j] then return true end
-  end
-  return false
-end
-
-local RT = cmsgpack.unpack(A[14])
-local rrdelta = {}
-
-local stats = {}
-local function stat(f)
-  stats[f] = (stats[f] or 0) + 1
-end
-local acks = {}
-local reply = {}
-
-local i = 14
-for _ = 1, nleads do
-  local m = cmsgpack.unpack(A[i + 1])
-  local payload, head = A[i + 2], A[i + 3]
-  i = i + 3
-  local ref, id, attempt, source, niche, outcome, err = m[1], m[2], m[3], m[4], m[5], m[6], m[7]
-  local flags, picked, rules, phone, email, passed, had, rr = m[8], m[9], m[10], m[11], m[12], m[13], m[14], m[15]
-  local reckey = p .. ':lead:' .. id
-  local attempt_s = tostring(attempt)
-  local result
-
-  local function ack()
-    if mode == 'list' then rcall('LREM', plist, 1, payload) else acks[#acks + 1] = ref end
-  end
-  local function audit(res, dealers, rule)
-    if audit_maxlen > 0 then
-      return rcall('XADD', p .. ':audit', 'MAXLEN', '~', maxlen_s, '*', 'lead_id', id, 'outcome', res,
-        'dealers', dealers, 'rule', rule, 'niche', niche, 'attempt', attempt_s, 'passed', passed, 'ref', ref)
-    end
-    return ''
-  end
-  local function counted(what)
-    -- A re-routed return is not a new lead: it does not count as received.
-    if mode ~= 'return' then stat('received') end
-    stat(what)
-    if source ~= '' then stat('source:' .. source .. ':' .. what) end
-    if niche ~= '' then stat('niche:' .. niche .. ':' .. what) end
-  end
-  local function unassigned(reason)
-    rcall('RPUSH', p .. ':unassigned', '\133' .. pk('lead_id') .. pk(id) .. pk('reason') ..
-      pk(reason) .. pk('niche') .. pk(niche) .. pk('at') .. pk(now_ms) .. pk('lead') .. payload)
-    counted('unassigned')
-    stat('unassigned:' .. reason)
-    local aid = audit(reason, '', '')
-    if reason ~= 'duplicate_id' then
-      if mode == 'return' then
-        rcall('HSET', reckey, 'attempt', attempt_s, 'outcome', reason, 'audit', aid)
-      else
-        rcall('HSET', reckey, 'dealers', '', 'attempt', attempt_s, 'niche', niche, 'payload', payload,
-          'ref', ref, 'outcome', reason, 'at', now_s, 'audit', aid)
+else
+  local owned = {}
+  local want = nleads * 2 + 64
+  local pe = rcall('XPENDING', inkey, group, A[FENCE_LO], A[FENCE_HI], want, consumer)
+  for _, x in ipairs(pe) do owned[x[1]] = true end
+  for k = 1, nleads do
+    local ref = A[L0 + (k - 1) * LEAD_W + 1]
+    if not owned[ref] then
+      -- Past the window (or outside it): ask for the entry itself.
+      local one = rcall('XPENDING', inkey, group, ref, ref, 1)
+      if #one == 0 then
+        codes[k] = CODE_STALE refuse('fence')
+      elseif one[1][2] ~= consumer then
+        codes[k] = CODE_NOT_OWNER refuse('fence')
       end
-      rcall('EXPIRE', reckey, ttl_s)
-    end
-    ack()
-    return 'unassigned:' .. reason
-  end
-
-  -- 1. Fence: this consumer must still own the entry.
-  if mode == 'list' then
-    if not rcall('LPOS', plist, payload) then result = 'stale' end
-  elseif not owned[ref] then
-    local pe = rcall('XPENDING', inkey, group, ref, ref, 1)
-    result = (#pe == 0) and 'stale' or 'not_owner'
-  end
-
-  if result == nil and outcome == 'dead' then
-    rcall('RPUSH', p .. ':dead', '\132' .. pk('error') .. pk(err) .. pk('payload') .. pkbin(payload) ..
-      pk('at') .. pk(now_ms) .. pk('ref') .. pk(mode == 'list' and 'list' or ref))
-    if mode ~= 'return' then stat('received') end
-    stat('dead')
-    ack()
-    result = 'dead'
-  end
-
-  -- 2. Routed before (within record_ttl)? Then this is a duplicate_id.
-  if result == nil and mode ~= 'return' and rcall('EXISTS', reckey) == 1 then
-    outcome = 'duplicate_id'
-  end
-
-  if result == nil and mode == 'return' and attempt > max_attempts then
-    result = unassigned('max_attempts')
-  end
-  if result == nil and outcome ~= 'route' then result = unassigned(outcome) end
-
-  -- 3. Suppression and duplicates: digests only, no contact data in keys.
-  local seen = {}
-  if result == nil and phone ~= '' and rcall('SISMEMBER', p .. ':dnc', redis.sha1hex(phone)) == 1 then
-    result = unassigned('suppressed')
-  end
-  if result == nil and mode ~= 'return' and action ~= 'ignore' and window > 0 then
-    local prior = nil
-    if phone ~= '' and dedup_phone then seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('phone:' .. phone) end
-    if email ~= '' and dedup_email then seen[#seen + 1] = p .. ':seen:' .. redis.sha1hex('email:' .. email) end
-    for _, sk in ipairs(seen) do
-      local v = rcall('GET', sk)
-      if v then prior = v break end
-    end
-    if prior and action == 'reject' then
-      result = unassigned('duplicate')
-    elseif prior and prior ~= '' and action == 'same_dealer' and not string.find(flags, 'S', 1, true) then
-      local first = picked[1] and dealer_at(picked[1]).id
-      if first ~= prior then result = 'redo:same:' .. prior end
     end
   end
+end
 
-  -- 4. The daemon's picks against Redis's counters.
-  if result == nil then
-    for _, x in ipairs(picked) do
-      if full(dealer_at(x)) then result = 'redo' break end
+-- The order: the batch was decided after batch PREV of this consumer.
+if A[PREV] ~= '0' and rcall('GET', A[SEQKEY]) ~= A[PREV] then refuse('order') end
+
+-- Records: a lead the daemon found new must still be new (another daemon
+-- may have routed the same id since); a return must find the record it
+-- was decided from.
+if mode == 'return' then
+  if nleads > 0 and A[L0 + 3] ~= '' and rcall('GET', A[L0 + 3]) ~= A[EXPECT] then refuse('record_changed') end
+else
+  local keys = {}
+  for k = 1, nleads do
+    local b = L0 + (k - 1) * LEAD_W
+    if A[b + 3] ~= '' and A[b + 4] ~= '' then keys[#keys + 1] = A[b + 3] end
+  end
+  for c = 1, #keys, 1000 do
+    if rcall('EXISTS', unpack(keys, c, math.min(c + 999, #keys))) > 0 then refuse('duplicate_id') break end
+  end
+end
+if nexist > 0 then
+  local n = 0
+  for c = E0 + 1, E0 + nexist, 1000 do n = n + rcall('EXISTS', unpack(A, c, math.min(c + 999, E0 + nexist))) end
+  if n ~= nexist then refuse('record_gone') end
+end
+
+-- Dedup digests: each must hold what the daemon decided from (the value
+-- of an earlier lead of this batch, for repeats within it).
+local newseen = {}
+if ndig > 0 then
+  local fields = {}
+  for g = 1, ndig do fields[g] = A[G0 + (g - 1) * DIGEST_W + 1] end
+  local cur, prev = {}, {}
+  for c = 1, ndig, 1000 do
+    local e2 = math.min(c + 999, ndig)
+    local r = rcall('HMGET', A[SEEN_CUR], unpack(fields, c, e2))
+    for j = 1, #r do cur[c + j - 1] = r[j] end
+    if A[SEEN_PREV] ~= '' then
+      r = rcall('HMGET', A[SEEN_PREV], unpack(fields, c, e2))
+      for j = 1, #r do prev[c + j - 1] = r[j] end
     end
   end
-
-  if result == nil then
-    -- 5. Writes.
-    local ids = {}
-    local hot = string.find(flags, 'h', 1, true) ~= nil
-    for n, x in ipairs(picked) do
-      local d = dealer_at(x)
-      ids[n] = d.id
-      local asg = head .. d.pkid .. pk(rules[n]) .. routed_pk .. payload
-      local q = hot and d.hot or d.push
-      q[#q + 1] = asg
-      if d.qlen >= 0 then d.qlen = d.qlen + 1 end
-      for j = 1, 4 do d.used[j] = d.used[j] + 1 end
-      d.delta = d.delta + 1
-      stat('dealer:' .. d.id .. ':assigned')
-    end
-    for c = 1, #rr, 2 do rrdelta[rr[c]] = (rrdelta[rr[c]] or 0) + rr[c + 1] end
-    local dealers = table.concat(ids, ',')
-    counted('assigned')
-    local aid = audit('assigned', dealers, rules[#rules])
-    if mode == 'return' then
-      rcall('HSET', reckey, 'dealers', (had ~= '' and (had .. ',') or '') .. dealers, 'attempt', attempt_s,
-        'outcome', 'assigned', 'audit', aid)
-      stat('returned')
+  local now = {}
+  for g = 1, ndig do
+    local b = G0 + (g - 1) * DIGEST_W
+    local f = fields[g]
+    local v = now[f]
+    if v == nil then v = cur[g] or prev[g] or '' end
+    if v ~= A[b + 2] then refuse('dedup') end
+    if A[b + 3] ~= '' then
+      now[f] = A[b + 3]
+      newseen[#newseen + 1] = f
+      newseen[#newseen + 1] = A[b + 3]
     else
-      rcall('HSET', reckey, 'dealers', dealers, 'attempt', attempt_s, 'niche', niche, 'payload', payload,
-        'ref', ref, 'outcome', 'assigned', 'at', now_s, 'audit', aid)
+      now[f] = v
     end
-    rcall('EXPIRE', reckey, ttl_s)
-    for _, sk in ipairs(seen) do rcall('SET', sk, ids[1], 'NX', 'EX', window_s) end
-    ack()
-    result = 'assigned:' .. dealers
   end
-  reply[#reply + 1] = result
 end
 
--- Batch-wide writes: counters, rotation state, statistics, acks. Long
--- argument lists go in chunks (Lua's unpack has a stack limit).
-local function call_chunked(cmd, key, pre, list)
-  for c = 1, #list, 1000 do
-    local args = {cmd, key}
-    for _, x in ipairs(pre) do args[#args + 1] = x end
-    for j = c, math.min(c + 999, #list) do args[#args + 1] = list[j] end
-    rcall(unpack(args))
+-- Caps and queues: the counters in Redis, plus this batch.
+local capkeys = {}
+for _, d in ipairs(dealers) do
+  for j = 1, d.nk do capkeys[#capkeys + 1] = A[d.k0 + (j - 1) * CAPKEY_W + 1] end
+end
+local used = {}
+for c = 1, #capkeys, 1000 do
+  local r = rcall('MGET', unpack(capkeys, c, math.min(c + 999, #capkeys)))
+  for j = 1, #r do
+    if r[j] == false then
+      e = typed(capkeys[c + j - 1], 'string')
+      if e then return e end
+    end
+    used[c + j - 1] = tonumber(r[j] or '0')
   end
 end
-local counters = {}
-for x, d in pairs(dealer) do
-  -- Assignments go out in one push per dealer, in commit order (hot ones
-  -- to the head).
-  if #d.push > 0 then call_chunked('RPUSH', p .. ':dealer:' .. d.id, {}, d.push) end
-  if #d.hot > 0 then call_chunked('LPUSH', p .. ':dealer:' .. d.id, {}, d.hot) end
-  if d.delta > 0 then
-    for j = 1, 4 do
-      rcall('INCRBY', d.keys[j], d.delta)
-      if d.new then rcall('EXPIRE', d.keys[j], ttl[j], 'NX') end
+do
+  local u = 0
+  for _, d in ipairs(dealers) do
+    d.u0 = u
+    for j = 1, d.nk do
+      local cap = tonumber(A[d.k0 + (j - 1) * CAPKEY_W + 2])
+      if cap > 0 and used[u + j] + d.delta > cap then refuse('cap ' .. capkeys[u + j]) end
+    end
+    u = u + d.nk
+    d.qlen = -1
+    if d.mp > 0 then
+      d.qlen = rcall('LLEN', d.q)
+      if d.qlen + d.delta > d.mp then refuse('queue ' .. d.q) end
     end
   end
-  local c = #counters
-  counters[c + 1], counters[c + 2], counters[c + 3], counters[c + 4], counters[c + 5], counters[c + 6] =
-    x, d.used[1], d.used[2], d.used[3], d.used[4], d.qlen
 end
--- Every rotation field the batch named comes back with its value in Redis,
--- also those of leads that were not committed (redo): the daemon moved
--- them already in its own view, and must take them back.
-local rrvals = {}
-for x = 1, #RT / 2 do
-  local delta = rrdelta[x]
-  local v
-  if delta and delta ~= 0 then
-    v = rcall('HINCRBY', RT[2 * x - 1], RT[2 * x], delta)
-  else
-    v = tonumber(rcall('HGET', RT[2 * x - 1], RT[2 * x]) or '0')
+
+local function counters(grow)
+  local out = {}
+  for _, d in ipairs(dealers) do
+    for j = 1, d.nk do out[#out + 1] = used[d.u0 + j] + (grow and d.delta or 0) end
+    out[#out + 1] = (d.qlen >= 0 and grow) and (d.qlen + d.delta) or d.qlen
   end
-  rrvals[#rrvals + 1] = x
-  rrvals[#rrvals + 1] = v
+  return out
 end
-local sk = p .. ':stats:' .. hour
-local any = false
-for f, n in pairs(stats) do rcall('HINCRBY', sk, f, n); any = true end
-if any then rcall('EXPIRE', sk, 400 * 86400) end
-if #acks > 0 then
-  call_chunked('XACK', inkey, {group}, acks)
-  call_chunked('XDEL', inkey, {}, acks)
+
+if why ~= '' then
+  -- Refused: nothing is written. The daemon learns the counters and the
+  -- rotation values as they are, and decides the leads again.
+  local rr = {}
+  for r = 1, nrr do
+    local b = R0 + (r - 1) * RR_W
+    rr[r] = tonumber(rcall('HGET', A[b + 1], A[b + 2]) or '0')
+  end
+  local s = {}
+  for k = 1, nleads do s[k] = (codes[k] == CODE_DONE) and CODE_REDO or codes[k] end
+  return {table.concat(s), why, counters(false), rr}
 end
-reply[#reply + 1] = counters
-reply[#reply + 1] = rrvals
-return reply
+
+-- 2. The writes.
+local ttl = A[RECORD_TTL]
+for k = 1, nleads do
+  local b = L0 + (k - 1) * LEAD_W
+  if A[b + 3] ~= '' and A[b + 4] ~= '' then rcall('SET', A[b + 3], A[b + 4], 'EX', ttl) end
+  if audit_on and A[b + 5] ~= '' then rcall('XADD', A[AUDIT_KEY], '*', 'lead_id', A[b + 2], 'd', A[b + 5]) end
+end
+if audit_on then rcall('XTRIM', A[AUDIT_KEY], 'MAXLEN', '~', A[AUDIT_MAXLEN]) end
+for _, d in ipairs(dealers) do
+  if d.np > 0 then call_range('RPUSH', d.q, nil, d.b0 + 1, d.b0 + d.np) end
+  if d.nh > 0 then call_range('LPUSH', d.q, nil, d.b0 + d.np + 1, d.b0 + d.np + d.nh) end
+  if d.delta > 0 then
+    for j = 1, d.nk do
+      local kb = d.k0 + (j - 1) * CAPKEY_W
+      if rcall('INCRBY', A[kb + 1], d.delta) == d.delta then rcall('EXPIRE', A[kb + 1], A[kb + 3]) end
+    end
+  end
+end
+local rr = {}
+for r = 1, nrr do
+  local b = R0 + (r - 1) * RR_W
+  if A[b + 3] ~= '0' then
+    rr[r] = rcall('HINCRBY', A[b + 1], A[b + 2], A[b + 3])
+  else
+    rr[r] = tonumber(rcall('HGET', A[b + 1], A[b + 2]) or '0')
+  end
+end
+if #newseen > 0 then
+  call_list('HSET', A[SEEN_CUR], newseen)
+  rcall('EXPIREAT', A[SEEN_CUR], A[SEEN_EXPIREAT])
+end
+if nstats > 0 then
+  for s = 1, nstats do
+    local b = S0 + (s - 1) * STAT_W
+    rcall('HINCRBY', A[STATS_KEY], A[b + 1], A[b + 2])
+  end
+  rcall('EXPIRE', A[STATS_KEY], 400 * 86400)
+end
+if nun > 0 then call_range('RPUSH', A[UNASSIGNED_KEY], nil, U0 + 1, U0 + nun) end
+if ndead > 0 then call_range('RPUSH', A[DEAD_KEY], nil, X0 + 1, X0 + ndead) end
+if mode == 'list' then
+  if list_fast then
+    rcall('LTRIM', inkey, 0, -(nleads + 1))
+  else
+    for k = 1, nleads do rcall('LREM', inkey, -1, A[L0 + (k - 1) * LEAD_W + 1]) end
+  end
+else
+  local refs = {}
+  for k = 1, nleads do refs[k] = A[L0 + (k - 1) * LEAD_W + 1] end
+  for c = 1, #refs, 1000 do rcall('XACK', inkey, group, unpack(refs, c, math.min(c + 999, #refs))) end
+end
+rcall('SET', A[SEQKEY], A[SEQ], 'EX', 86400)
+local s = {}
+for k = 1, nleads do s[k] = CODE_DONE end
+return {table.concat(s), '', counters(true), rr}

@@ -473,17 +473,17 @@ static int parse_redis(struct loader *L, const config_setting_t *root)
 
 static int parse_input(struct loader *L, const config_setting_t *root)
 {
-    static const char *const keys[] = {"mode", "group", "batch", "claim_idle_ms", "max_deliveries", NULL};
+    static const char *const keys[] = {"mode", "group", "batch", "in_flight", "claim_idle_ms", "max_deliveries", NULL};
     static const char *const modes[] = {"stream", "list", NULL};
     char pathbuf[256];
     struct cfg *c = L->c;
     config_setting_t *g = NULL;
     const char *group = "leadrouter";
     int mode = INPUT_STREAM;
-    int64_t batch = 256, claim = 30000, deliveries = 5;
+    int64_t batch = 256, in_flight = 3, claim = 30000, deliveries = 5;
     if (get_group(L, root, "input", &g) < 0 || check_keys(L, g, keys) < 0 ||
         get_enum(L, g, "mode", modes, "stream or list", &mode) < 0 || get_str(L, g, "group", &group) < 0 ||
-        get_int(L, g, "batch", 1, 10000, &batch) < 0 ||
+        get_int(L, g, "batch", 1, 10000, &batch) < 0 || get_int(L, g, "in_flight", 1, 16, &in_flight) < 0 ||
         get_int(L, g, "claim_idle_ms", 100, 86400000, &claim) < 0 ||
         get_int(L, g, "max_deliveries", 1, 1000, &deliveries) < 0)
         return -1;
@@ -492,6 +492,7 @@ static int parse_input(struct loader *L, const config_setting_t *root)
                     PATH(member(g, "group")), group);
     c->input.mode = (enum cfg_input_mode)mode;
     c->input.batch = (int)batch;
+    c->input.in_flight = (int)in_flight;
     c->input.claim_idle_ms = (int)claim;
     c->input.max_deliveries = (int)deliveries;
     return (c->input.group = dup_str(L, g, group)) == NULL ? -1 : 0;

@@ -12,9 +12,11 @@
 #include <time.h>
 
 #include "leadrouter/admin.h"
+#include "leadrouter/commit.h"
 
 #define WHY_PAGE 1000       /* audit entries per XREVRANGE */
 #define WHY_MAX_ENTRIES 100 /* decisions kept per lead (attempts, duplicate ids) */
+#define WHY_FROM_MS 5000    /* the record's `at` is the daemon's; the audit's ids are Redis's */
 #define WHY_SLACK_MS 60000  /* the scan stops this long before the record's `at` */
 
 enum why_state { W_RECORD, W_AUDIT_ONE, W_SCAN, W_DONE };
@@ -126,15 +128,20 @@ bool admin_why_command(struct admin_why *w, int *argc, const char ***argv, const
     switch (w->state) {
     case W_RECORD:
         w->argc = 2;
-        w->argv[0] = "HGETALL";
+        w->argv[0] = "GET";
         w->argv[1] = w->key;
         break;
     case W_AUDIT_ONE:
-        w->argc = 4;
+        /* One page forward from just before the record's time: the
+         * lead's decisions since its record was written. */
+        snprintf(w->count, sizeof w->count, "%d", WHY_PAGE);
+        w->argc = 6;
         w->argv[0] = "XRANGE";
         w->argv[1] = w->audit;
         w->argv[2] = w->r_audit;
-        w->argv[3] = w->r_audit;
+        w->argv[3] = "+";
+        w->argv[4] = "COUNT";
+        w->argv[5] = w->count;
         break;
     case W_SCAN:
         snprintf(w->count, sizeof w->count, "%d", WHY_PAGE);
@@ -179,32 +186,35 @@ static int set_field(char **dst, const redisReply *v)
 
 static int feed_record(struct admin_why *w, const redisReply *r, char *err, size_t errlen)
 {
-    if (r->type != REDIS_REPLY_ARRAY) {
-        snprintf(err, errlen, "unexpected reply to HGETALL %s", w->key);
+    w->state = W_SCAN;
+    if (r->type == REDIS_REPLY_NIL)
+        return 0;
+    struct commit_record rec;
+    if (r->type != REDIS_REPLY_STRING || commit_record_parse(r->str, r->len, &rec) != 0) {
+        snprintf(err, errlen, "%s does not hold a lead record", w->key);
         return -1;
     }
-    w->have_record = r->elements > 0;
-    for (size_t i = 0; i + 1 < r->elements; i += 2) {
-        const redisReply *k = r->element[i], *v = r->element[i + 1];
-        if (!is_str(k) || !is_str(v))
-            continue;
-        char **dst = strcmp(k->str, "dealers") == 0   ? &w->r_dealers
-                     : strcmp(k->str, "attempt") == 0 ? &w->r_attempt
-                     : strcmp(k->str, "niche") == 0   ? &w->r_niche
-                     : strcmp(k->str, "outcome") == 0 ? &w->r_outcome
-                     : strcmp(k->str, "at") == 0      ? &w->r_at
-                     : strcmp(k->str, "ref") == 0     ? &w->r_ref
-                     : strcmp(k->str, "audit") == 0   ? &w->r_audit
-                                                      : NULL; /* payload: contact data, never read */
-        if (dst && set_field(dst, v) != 0) {
+    w->have_record = true;
+    char attempt[16], at[32];
+    snprintf(attempt, sizeof attempt, "%d", rec.attempt);
+    snprintf(at, sizeof at, "%lld", (long long)rec.at);
+    struct { char **dst; const char *v; } f[] = {{&w->r_dealers, rec.dealers}, {&w->r_attempt, attempt},
+        {&w->r_niche, rec.niche}, {&w->r_outcome, rec.outcome}, {&w->r_at, at}, {&w->r_ref, rec.ref}};
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++) {
+        free(*f[i].dst);
+        if (!(*f[i].dst = clean_dup(f[i].v, strlen(f[i].v)))) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
     }
-    if (w->r_audit && valid_stream_id(w->r_audit))
-        w->state = W_AUDIT_ONE;
-    else
-        w->state = W_SCAN;
+    char from[32];
+    snprintf(from, sizeof from, "%lld-0", (long long)(rec.at > WHY_FROM_MS ? rec.at - WHY_FROM_MS : 0));
+    free(w->r_audit);
+    if (!(w->r_audit = strdup(from))) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    w->state = W_AUDIT_ONE;
     return 0;
 }
 
@@ -236,6 +246,22 @@ static int take_entry(struct admin_why *w, const redisReply *e)
         const redisReply *k = f->element[i], *v = f->element[i + 1];
         if (!is_str(k) || !is_str(v))
             continue;
+        if (strcmp(k->str, "d") == 0) {
+            /* outcome, dealers, rule, niche, attempt, passed, ref: tab-separated */
+            char **dsts[] = {&x->outcome, &x->dealers, &x->rule, &x->niche, &x->attempt, &x->passed, &x->ref};
+            const char *p = v->str, *end = v->str + v->len;
+            for (size_t j = 0; j < sizeof dsts / sizeof *dsts && p <= end; j++) {
+                const char *tab = memchr(p, '\t', (size_t)(end - p));
+                size_t n = tab ? (size_t)(tab - p) : (size_t)(end - p);
+                free(*dsts[j]);
+                if (!(*dsts[j] = clean_dup(p, n))) {
+                    entry_free(x);
+                    return -1;
+                }
+                p += n + 1;
+            }
+            continue;
+        }
         char **dst = strcmp(k->str, "outcome") == 0   ? &x->outcome
                      : strcmp(k->str, "dealers") == 0 ? &x->dealers
                      : strcmp(k->str, "rule") == 0    ? &x->rule
@@ -284,7 +310,13 @@ int admin_why_feed(struct admin_why *w, const struct redisReply *r, char *err, s
             return -1;
         }
     if (w->state == W_AUDIT_ONE) {
-        w->state = W_DONE;
+        /* found oldest first: keep them newest first, as the scan does */
+        for (int i = 0, j = w->n - 1; i < j; i++, j--) {
+            struct why_entry t = w->e[i];
+            w->e[i] = w->e[j];
+            w->e[j] = t;
+        }
+        w->state = w->n > 0 ? W_DONE : W_SCAN;
         return 0;
     }
     /* W_SCAN: on to the next page, newest to oldest, within bounds. */
@@ -488,7 +520,7 @@ static int json_result(const struct admin_why *w, char **out, char *err, size_t 
         json_object_set_new(r, "niche", jstr_or_null(w->r_niche));
         json_object_set_new(r, "at", jint_or_null(w->r_at));
         json_object_set_new(r, "ref", jstr_or_null(w->r_ref));
-        json_object_set_new(r, "audit", jstr_or_null(w->r_audit));
+        json_object_set_new(r, "audit", w->n > 0 ? json_string(w->e[w->n - 1].id) : json_null());
         json_object_set_new(root, "record", r);
     } else {
         json_object_set_new(root, "record", json_null());

@@ -29,6 +29,7 @@ struct cfg {
         enum cfg_input_mode mode;
         char *group;             /* owned */
         int batch;
+        int in_flight;           /* commits out at once */
         int claim_idle_ms;
         int max_deliveries;
     } input;

@@ -1714,6 +1714,26 @@ void h_oracle_check(struct h_report *r)
     }
 }
 
+/* Entries of the input stream not committed yet: pending in the group, or
+ * not delivered (acknowledged entries are trimmed later, not at once). */
+long long h_in_left(void)
+{
+    long long pending = 0, lag = 0;
+    redisReply *r = h_cmd("XPENDING %s:in %s", H_PREFIX, "leadrouter");
+    if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1)
+        pending = r->element[0]->integer;
+    r = h_cmd("XINFO GROUPS %s:in", H_PREFIX);
+    for (size_t g = 0; r && r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+        const redisReply *x = r->element[g];
+        for (size_t i = 0; x->type == REDIS_REPLY_ARRAY && i + 1 < x->elements; i += 2)
+            if (x->element[i]->type == REDIS_REPLY_STRING && strcmp(x->element[i]->str, "lag") == 0)
+                lag += x->element[i + 1]->type == REDIS_REPLY_INTEGER ? x->element[i + 1]->integer : 1;
+    }
+    if (h_int("EXISTS %s:in", H_PREFIX) == 0)
+        return 0;
+    return pending + lag;
+}
+
 /* Fails the test on anything the report or the input queue shows wrong. */
 static void oracle_assert(const struct h_report *r)
 {
@@ -1726,9 +1746,8 @@ static void oracle_assert(const struct h_report *r)
         cr_assert_eq(h_int("LLEN %s:in", H_PREFIX), 0, "oracle: %s:in is not empty", H_PREFIX);
         cr_assert_eq(processing_total(), 0, "oracle: a %s:in:processing:* list still holds leads", H_PREFIX);
     } else if (H.last_in_id[0]) {
-        long long left = h_int("XLEN %s:in", H_PREFIX);
-        cr_assert_eq(left, 0, "oracle: %s:in still holds %lld entries (committed entries are XDELed)",
-                     H_PREFIX, left);
+        long long left = h_in_left();
+        cr_assert_eq(left, 0, "oracle: %s:in still holds %lld entries not committed", H_PREFIX, left);
     }
 }
 

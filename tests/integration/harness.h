@@ -40,6 +40,8 @@ redisContext *h_redis(void);
 redisReply *h_cmd(const char *fmt, ...);
 /* The same, for an integer reply. */
 long long h_int(const char *fmt, ...);
+/* Entries of <p>:in not committed yet (pending or not delivered). */
+long long h_in_left(void);
 /* A command whose reply may be an error (never NULL); freed at teardown. */
 redisReply *h_cmd_any(const char *fmt, ...);
 

@@ -196,7 +196,7 @@ static const char *make_csv(const char *name, int n, const char *prefix, struct 
 /* Waits (bounded) until n leads have an outcome and the input is empty. */
 static void wait_routed(size_t n)
 {
-    H_WAIT(h_outcomes() >= n && h_int("XLEN %s:in", H_PREFIX) == 0, 20, "%zu of %zu leads routed within 20 s",
+    H_WAIT(h_outcomes() >= n && h_in_left() == 0, 20, "%zu of %zu leads routed within 20 s",
            h_outcomes(), n);
 }
 

@@ -699,9 +699,9 @@ Test(daemon, pending_leads_of_a_dead_consumer_are_recovered_and_poison_dead_lett
     for (int k = 0; k < 2; k++)
         for (int i = 0; i < 5; i++)
             h_cmd("XCLAIM %s:in %s crashed-2 0 %s", H_PREFIX, H_GROUP, ids[i]);
-    cr_assert_eq(h_int("XLEN %s:in", H_PREFIX), 30);
+    cr_assert_eq(h_in_left(), 30);
     int d = h_daemon_start(conf);
-    H_WAIT(h_int("XLEN %s:in", H_PREFIX) == 0, 15, "the pending leads were never recovered");
+    H_WAIT(h_in_left() == 0, 15, "the pending leads were never recovered");
     h_daemon_stop(d);
     struct h_dead *dead;
     size_t nd = h_read_dead(&dead);

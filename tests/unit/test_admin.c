@@ -14,6 +14,7 @@
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <msgpack.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -542,11 +543,31 @@ static void feed(struct admin_why *w, const char *text)
     freeReplyObject(r);
 }
 
-#define REC_ASSIGNED                                                                                         \
-    "*16\r\n$7\r\ndealers\r\n$2\r\nd1\r\n$7\r\nattempt\r\n$1\r\n1\r\n$5\r\nniche\r\n$5\r\nsolar\r\n"         \
-    "$7\r\noutcome\r\n$8\r\nassigned\r\n$2\r\nat\r\n$13\r\n1772636400123\r\n$3\r\nref\r\n$"                  \
-    "15\r\n1772636400100-0\r\n"                                                                              \
-    "$7\r\npayload\r\n$12\r\nSECRET-PHONE\r\n$5\r\naudit\r\n$15\r\n1772636400123-0\r\n"
+/* The record as the commit writes it (one msgpack map), as a bulk reply. */
+static void feed_record(struct admin_why *w)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    const char *kv[][2] = {{"dealers", "d1"}, {"returned", ""}, {"niche", "solar"}, {"outcome", "assigned"},
+                           {"ref", "1772636400100-0"}};
+    msgpack_pack_map(&pk, 8);
+    for (size_t i = 0; i < sizeof kv / sizeof *kv; i++) {
+        msgpack_pack_str_with_body(&pk, kv[i][0], strlen(kv[i][0]));
+        msgpack_pack_str_with_body(&pk, kv[i][1], strlen(kv[i][1]));
+    }
+    msgpack_pack_str_with_body(&pk, "attempt", 7);
+    msgpack_pack_int(&pk, 1);
+    msgpack_pack_str_with_body(&pk, "at", 2);
+    msgpack_pack_int64(&pk, 1772636400123LL);
+    msgpack_pack_str_with_body(&pk, "payload", 7);
+    msgpack_pack_bin_with_body(&pk, "SECRET-PHONE", 12);
+    redisReply r = {.type = REDIS_REPLY_STRING, .str = sb.data, .len = sb.size};
+    char err[256];
+    cr_assert_eq(admin_why_feed(w, &r, err, sizeof err), 0, "%s", err);
+    msgpack_sbuffer_destroy(&sb);
+}
 #define ENTRY_ASSIGNED                                                                                       \
     "*1\r\n*2\r\n$15\r\n1772636400123-0\r\n*14\r\n$7\r\nlead_id\r\n$2\r\nL1\r\n$7\r\noutcome\r\n$"           \
     "8\r\nassigned\r\n"                                                                                      \
@@ -554,15 +575,21 @@ static void feed(struct admin_why *w, const char *text)
     "$7\r\nattempt\r\n$1\r\n1\r\n$6\r\npassed\r\n$41\r\nd7=capped:day,d9=filtered:min_score,d3=not_"         \
     "picked\r\n"
 
+/* The audit entry as the commit writes it: lead_id and the tab-separated
+ * decision (outcome, dealers, rule, niche, attempt, passed, ref). */
+#define ENTRY_COMPACT                                                                                        \
+    "*1\r\n*2\r\n$15\r\n1772636400123-0\r\n*4\r\n$7\r\nlead_id\r\n$2\r\nL1\r\n$1\r\nd\r\n$92\r\n"     \
+    "assigned\td1\ttier:1\tsolar\t1\td7=capped:day,d9=filtered:min_score,d3=not_picked\t1772636400100-0\r\n"
+
 Test(admin, why_follows_the_record_to_its_audit_entry)
 {
     char err[256];
     struct admin_why *w = admin_why_new("lr", "L1", err, sizeof err);
     cr_assert_not_null(w, "%s", err);
-    expect_cmd(w, "HGETALL lr:lead:L1");
-    feed(w, REC_ASSIGNED);
-    expect_cmd(w, "XRANGE lr:audit 1772636400123-0 1772636400123-0");
-    feed(w, ENTRY_ASSIGNED);
+    expect_cmd(w, "GET lr:lead:L1");
+    feed_record(w);
+    expect_cmd(w, "XRANGE lr:audit 1772636395123-0 + COUNT 1000");
+    feed(w, ENTRY_COMPACT);
     int argc;
     const char **argv;
     const size_t *len;
@@ -593,8 +620,8 @@ Test(admin, why_scans_the_audit_when_the_record_names_no_entry)
 {
     char err[256];
     struct admin_why *w = admin_why_new("lr", "L1", err, sizeof err);
-    expect_cmd(w, "HGETALL lr:lead:L1");
-    feed(w, "*0\r\n"); /* expired record */
+    expect_cmd(w, "GET lr:lead:L1");
+    feed(w, "$-1\r\n"); /* expired record */
     expect_cmd(w, "XREVRANGE lr:audit + - COUNT 1000");
     feed(w, ENTRY_ASSIGNED);
     int argc;
@@ -613,7 +640,7 @@ Test(admin, why_pages_through_the_audit_within_bounds)
 {
     char err[256];
     struct admin_why *w = admin_why_new("lr", "L1", err, sizeof err);
-    feed(w, "*0\r\n");
+    feed(w, "$-1\r\n");
     /* Full pages of other leads' entries: the scan goes on from the last
      * id, exclusively, and stops after ADMIN_WHY_SCAN entries. */
     size_t cap = 1000 * 80 + 64;
