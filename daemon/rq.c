@@ -63,6 +63,7 @@ struct entry {
 struct batch {
     struct rq *q;
     struct batch *next;  /* in the busy FIFO, or the free list */
+    struct batch *bnext; /* in the building list */
     enum commit_mode mode;
     bool resend;         /* its connection dropped before the reply: send again */
     uint64_t gen, seq;
@@ -111,7 +112,8 @@ struct rq {
     struct batch *busy_head, **busy_tail; /* sent, in order */
     int n_busy;
     struct batch *pool;    /* finished batches, kept for their buffers */
-    struct batch *building; /* read, its pre-read out */
+    struct batch *building; /* read, their pre-reads out (a list by bnext) */
+    int n_building;
     uint64_t seq, last_sent;
     bool draining;         /* a commit was refused: decide again once all are answered */
     bool failing;          /* commits fail: wait for fail_ev before sending again */
@@ -377,8 +379,8 @@ static void update_in_flight(struct rq *q)
     int64_t n = 0;
     for (struct batch *b = q->busy_head; b; b = b->next)
         n += b->n;
-    if (q->building)
-        n += q->building->n;
+    for (struct batch *b = q->building; b; b = b->bnext)
+        n += b->n;
     stats_set_in_flight(q->stats, n + q->n_redo);
 }
 
@@ -921,7 +923,12 @@ static void pre_done(struct rq *q, struct batch *b)
 {
     if (--b->pre_wait > 0)
         return;
-    q->building = NULL;
+    for (struct batch **p = &q->building; *p; p = &(*p)->bnext)
+        if (*p == b) {
+            *p = b->bnext;
+            break;
+        }
+    q->n_building--;
     q->inflight--;
     if (b->pre_failed || q->stopping) { /* the leads stay pending: recovery or the next start takes them */
         batch_put(q, b);
@@ -1067,7 +1074,9 @@ static void pre_read(struct rq *q, struct batch *b, redisAsyncContext *ac)
     al[1][0] = 10;
     al[1][1] = strlen(dnckey);
     al[2][0] = 5;
+    b->bnext = q->building;
     q->building = b;
+    q->n_building++;
     q->inflight++;
     b->pre_wait = 1; /* held until every command is sent */
     if (ok && b->mode != COMMIT_RETURN && nrec > 1)
@@ -1479,11 +1488,14 @@ static bool run_redo(struct rq *q)
 
 static void read_next(struct rq *q)
 {
-    if (q->stopping || q->reading || !q->ready || q->recovering || q->building)
+    if (q->stopping || q->reading || !q->ready || q->recovering)
         return;
     if (!pick_ready(q) || run_redo(q))
         return;
-    if (q->draining || q->failing || q->n_busy >= q->cfg->input.in_flight)
+    /* Reads go ahead of the commits: a read and its pre-read wait behind
+     * the commits in Redis's one thread, so up to in_flight batches are
+     * committing and one more is being read and decided. */
+    if (q->draining || q->failing || q->n_busy + q->n_building > q->cfg->input.in_flight)
         return;
     const struct cfg *c = q->cfg;
     int rc;
@@ -2450,8 +2462,10 @@ void rq_free(struct rq *q)
         nx = b->next;
         batch_destroy(b);
     }
-    if (q->building)
-        batch_destroy(q->building);
+    for (struct batch *b = q->building, *nx; b; b = nx) {
+        nx = b->bnext;
+        batch_destroy(b);
+    }
     ifl_clear(q);
     codec_lead_free(q->codec);
     rules_scratch_free(q->scratch);

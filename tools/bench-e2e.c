@@ -1301,8 +1301,30 @@ static long long sum_llen(const struct queues *qs)
     return sum;
 }
 
-/* Waits (bounded by --timeout, from t0) until the input stream is empty
- * (every entry committed: the commit deletes it) and the queues hold want
+/* Entries of the input stream not committed yet: pending in the group or
+ * not delivered (acknowledged entries are trimmed later, not at once). */
+static long long in_left(void)
+{
+    long long left = 0;
+    redisReply *r = cmd_any("XPENDING " PREFIX ":in " GROUP);
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 && r->element[0]->type == REDIS_REPLY_INTEGER)
+        left += r->element[0]->integer;
+    freeReplyObject(r);
+    r = cmd_any("XINFO GROUPS " PREFIX ":in");
+    for (size_t g = 0; r->type == REDIS_REPLY_ARRAY && g < r->elements; g++) {
+        const redisReply *x = r->element[g];
+        for (size_t i = 0; x->type == REDIS_REPLY_ARRAY && i + 1 < x->elements; i += 2)
+            if (x->element[i]->type == REDIS_REPLY_STRING && strcmp(x->element[i]->str, "lag") == 0)
+                left += x->element[i + 1]->type == REDIS_REPLY_INTEGER ? x->element[i + 1]->integer : 1;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements == 0)
+        left = cmd_int("XLEN " PREFIX ":in"); /* no group yet: nothing was read */
+    freeReplyObject(r);
+    return left;
+}
+
+/* Waits (bounded by --timeout, from t0) until the input stream is done
+ * (every entry committed) and the queues hold want
  * entries (want < 0: any number). Returns the time of completion and the
  * daemon's CPU time then. */
 static double wait_committed(double t0, long long want, const struct queues *qs, int64_t *cpu_us)
@@ -1311,7 +1333,7 @@ static double wait_committed(double t0, long long want, const struct queues *qs,
     for (;;) {
         check_interrupted();
         check_daemon();
-        xlen = cmd_int("XLEN " PREFIX ":in");
+        xlen = in_left();
         if (xlen == 0) {
             sum = want >= 0 ? sum_llen(qs) : 0;
             if (want < 0 || sum == want) {

@@ -790,3 +790,85 @@ Test(daemon, unreachable_redis_exits_2)
     int d = h_daemon_start(h_config_port(port, "stream", NULL, CONF_BASIC));
     cr_assert_eq(h_daemon_wait_exit(d, 20), 2, "Redis unreachable at start-up: exit 2");
 }
+
+/* ---- the commit path's defects (each failed on the per-lead script) --- */
+
+/* A stats hash of the wrong type made the old script fail after the pushes,
+ * counters and records: every redelivery wrote the leads again, and the
+ * deliveries poisoned them. Now the commit fails before any write, the
+ * daemon keeps the leads (their attempts are not deliveries), and once the
+ * key is fixed every lead lands exactly once. */
+Test(daemon, a_commit_that_cannot_write_writes_nothing_and_poisons_nothing)
+{
+    char hour[16];
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(hour, sizeof hour, "%Y%m%d%H", &tm);
+    h_cmd("SET %s:stats:%s not-a-hash", H_PREFIX, hour);
+    int d = h_daemon_start(h_config("stream", "batch = 4; claim_idle_ms = 200; max_deliveries = 2;", CONF_BASIC));
+    for (int i = 0; i < 10; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "WT-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+    }
+    /* Longer than claim_idle_ms x max_deliveries: recovery would have
+     * poisoned them. */
+    h_sleep_ms(1500);
+    cr_assert_eq(h_int("LLEN %s:dealer:d-ia", H_PREFIX), 0, "nothing is pushed while the commit fails");
+    cr_assert_eq(h_int("EXISTS %s:lead:WT-0", H_PREFIX), 0, "no record is written while the commit fails");
+    cr_assert_eq(dead_count(), 0, "leads Redis would not store are not poison");
+    cr_assert_not_null(strstr(h_daemon_log_tail(d), "WRONGTYPE"), "the failure is reported:\n%s",
+                       h_daemon_log_tail(d));
+    if (tm.tm_min == 59 && tm.tm_sec > 55)
+        h_sleep_ms(5000); /* the hour may turn: clear both */
+    h_cmd("DEL %s:stats:%s", H_PREFIX, hour);
+    h_wait_drained(15);
+    cr_assert_eq(h_int("LLEN %s:dealer:d-ia", H_PREFIX), 10, "each lead once, after Redis is fixed");
+    cr_assert_eq(dead_count(), 0);
+    h_oracle();
+}
+
+/* An ACL user that may not run HINCRBY: the old script wrote half a commit
+ * then failed. Now it is refused before writing, and the daemon exits 2. */
+Test(daemon, an_acl_without_a_command_the_commit_needs_exits_2_and_writes_nothing)
+{
+    h_cmd("ACL SETUSER lr-limited on >pw ~* &* +@all -hincrby");
+    struct h_lead l = ia_lead("ACL-1", 60);
+    h_send(&l, NULL, 0);
+    int d = h_daemon_start(h_config_redis(h_redis_port(), 30, "username = \"lr-limited\"; password = \"pw\";",
+                                          "stream", NULL, CONF_BASIC));
+    cr_assert_eq(h_daemon_wait_exit(d, 10), 2, "refused rights: exit 2");
+    cr_assert_eq(h_int("LLEN %s:dealer:d-ia", H_PREFIX), 0, "nothing pushed");
+    cr_assert_eq(h_int("EXISTS %s:lead:ACL-1", H_PREFIX), 0, "no record");
+    cr_assert_not_null(strstr(h_daemon_log_tail(d), "HINCRBY"), "the log names the command:\n%s",
+                       h_daemon_log_tail(d));
+}
+
+/* 20 identical returns in one pipeline gave 20 new assignments. Now the
+ * commit checks the record it was decided from: one re-route, the others
+ * dead-lettered as already returned. */
+Test(daemon, twenty_identical_returns_reroute_once)
+{
+    h_daemon_start(h_config("stream", NULL, CONF_SHARED3 "routing = { max_attempts = 30; };\n"));
+    h_set_max_buyers(3);
+    struct h_lead l = ia_lead("DUP-R", 60);
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    struct h_assign *a = NULL;
+    cr_assert_eq(h_find_assignments("DUP-R", &a), 3);
+    char dealer[80];
+    snprintf(dealer, sizeof dealer, "%s", a[0].dealer);
+    h_consume(dealer, "DUP-R");
+    for (int i = 0; i < 20; i++)
+        h_return("DUP-R", dealer, "same return, sent 20 times");
+    h_wait_drained(15);
+    H_WAIT(dead_count() == 19, 10, "want 19 repeated returns dead-lettered, have %zu", dead_count());
+    cr_assert_eq(h_find_assignments("DUP-R", &a), 3, "two dealers kept it, one replaced the returner");
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_str_neq(a[i].dealer, dealer, "never back to the dealer that returned it");
+    expect_last_dead("bad_return: already_returned");
+    h_oracle_allow_extra_dead(19);
+    h_oracle();
+}
