@@ -20,6 +20,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <inttypes.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -53,6 +54,7 @@ struct codec_lead {
     struct lr_str keywords[CODEC_MAX_KEYWORDS];
     struct lead_signal signals[CODEC_MAX_SIGNALS];
     struct lead_field fields[CODEC_MAX_FIELDS];
+    char phone_digits[24]; /* contact.phone given as an integer, as digits */
 };
 
 /* The top-level keys the codec knows; bit i of the "seen" mask is key i. */
@@ -445,16 +447,25 @@ static int set_fields(struct codec_lead *cl, const msgpack_object *v, char *err,
     return 0;
 }
 
-static int set_contact(struct lead *l, const msgpack_object *v, char *err, size_t errlen)
+static int set_contact(struct codec_lead *cl, const msgpack_object *v, char *err, size_t errlen)
 {
+    struct lead *l = &cl->lead;
     if (v->type != MSGPACK_OBJECT_MAP)
         return fail(err, errlen, "bad_type: contact must be a map");
-    /* Opaque apart from the dedup keys; the first string value wins. */
+    /* Opaque apart from the dedup keys; the first string value wins (a
+     * phone may also be a non-negative integer: its digits, SPEC 5). */
     for (uint32_t i = 0; i < v->via.map.size; i++) {
         const msgpack_object_kv *kv = &v->via.map.ptr[i];
-        if (kv->key.type != MSGPACK_OBJECT_STR || kv->val.type != MSGPACK_OBJECT_STR)
+        if (kv->key.type != MSGPACK_OBJECT_STR)
             continue;
         struct lr_str k = to_str(&kv->key);
+        if (l->phone.p == NULL && kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER && lr_str_eq(k, "phone")) {
+            int n = snprintf(cl->phone_digits, sizeof cl->phone_digits, "%" PRIu64, kv->val.via.u64);
+            l->phone = (struct lr_str){cl->phone_digits, (uint32_t)n};
+            continue;
+        }
+        if (kv->val.type != MSGPACK_OBJECT_STR)
+            continue;
         if (l->phone.p == NULL && lr_str_eq(k, "phone"))
             l->phone = to_str(&kv->val);
         else if (l->email.p == NULL && lr_str_eq(k, "email"))
@@ -496,7 +507,7 @@ static int set_known(struct codec_lead *cl, enum codec_key k, const msgpack_obje
     case K_FIELDS:
         return set_fields(cl, v, err, errlen);
     case K_CONTACT:
-        return set_contact(l, v, err, errlen);
+        return set_contact(cl, v, err, errlen);
     case K_LAT:
         return set_coord(&l->lat, "lat", 90.0, v, err, errlen);
     case K_LON:

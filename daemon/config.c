@@ -1031,6 +1031,8 @@ static int parse_contract(struct loader *L, struct rules_dealer *d, const config
         get_int(L, g, "min_score", 0, 100, &min_score) < 0 ||
         get_int(L, g, "max_pending", 0, UINT32_MAX, &max_pending) < 0 ||
         get_strs(L, g, "grades", &grades) < 0 || grade_mask(L, grades, &d->grades) < 0 ||
+        (grades && config_setting_length(grades) == 0 &&
+         fail(L, grades, "%s: accepts no grade; leave it out to accept all", PATH(grades)) < 0) ||
         get_group(L, g, "caps", &caps) < 0 || check_keys(L, caps, cap_keys) < 0 ||
         get_groups(L, g, "filters", &filters) < 0)
         return -1;

@@ -1043,14 +1043,9 @@ static void pre_read(struct rq *q, struct batch *b, redisAsyncContext *ac)
         lr_copy(e->id, sizeof e->id, l->id.p, l->id.len);
         if (l->has_created_at && l->created_at > 0 && l->created_at <= e->t0_ms)
             e->t0_ms = l->created_at;
-        const char *country = l->country.len == 2 ? NULL : c->rules->default_country;
-        char cc[3] = "";
-        if (!country) {
-            lr_copy(cc, sizeof cc, l->country.p, 2);
-            country = cc;
-        }
+        /* SPEC 5: normalized under defaults.country, as `leadctl dnc` does */
         char phone[64], email[256];
-        size_t pl = commit_norm_phone(l->phone, country, phone, sizeof phone);
+        size_t pl = commit_norm_phone(l->phone, c->rules->default_country, phone, sizeof phone);
         size_t el = commit_norm_email(l->email, email, sizeof email);
         if (pl) {
             commit_sha1_hex("", phone, pl, e->dnc);
@@ -1931,7 +1926,7 @@ static void on_trim(redisAsyncContext *ac, void *reply, void *priv)
         log_warn("trimming the input stream: %s", r->str);
 }
 
-/* List mode: each consumer keeps <p>:alive:<name> (with a TTL) while it
+/* List mode: each consumer keeps <p>:consumer:<name> (with a TTL) while it
  * runs and is registered in <p>:consumers; a registered consumer without
  * that key is gone, and its processing list goes back to the input, oldest
  * lead first in line. A bounded SCAN step per round registers processing
@@ -1941,13 +1936,13 @@ static void on_trim(redisAsyncContext *ac, void *reply, void *priv)
 static const char list_recover_lua[] =
     "local p, me, ttl, cursor = ARGV[1], ARGV[2], ARGV[3], ARGV[4]\n"
     "local reg, pre = p .. ':consumers', p .. ':in:processing:'\n"
-    "redis.call('SET', p .. ':alive:' .. me, '1', 'PX', ttl)\n"
+    "redis.call('SET', p .. ':consumer:' .. me, '1', 'PX', ttl)\n"
     "redis.call('SADD', reg, me)\n"
     "local sc = redis.call('SCAN', cursor, 'MATCH', pre .. '*', 'COUNT', 1000)\n"
     "for _, k in ipairs(sc[2]) do redis.call('SADD', reg, string.sub(k, #pre + 1)) end\n"
     "local moved = 0\n"
     "for _, c in ipairs(redis.call('SMEMBERS', reg)) do\n"
-    "  if c ~= me and redis.call('EXISTS', p .. ':alive:' .. c) == 0 then\n"
+    "  if c ~= me and redis.call('EXISTS', p .. ':consumer:' .. c) == 0 then\n"
     "    local pl = pre .. c\n"
     "    for _ = 1, 100000 do\n"
     "      if not redis.call('LMOVE', pl, p .. ':in', 'LEFT', 'RIGHT') then break end\n"

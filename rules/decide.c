@@ -179,7 +179,7 @@ static bool filter_value(const struct rules_table *t, struct rules_scratch *sc, 
             sc->fgen[f->fid] = sc->dgen;
         }
         const struct lead_field *fl = sc->fval[f->fid];
-        if (!fl)
+        if (!fl || fl->v.type == LEAD_V_NIL) /* nil counts as absent (SPEC 5) */
             return false;
         *out = fl->v;
         return true;

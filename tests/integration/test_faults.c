@@ -474,7 +474,7 @@ static bool processing_of(pid_t pid, char *name, size_t len)
 }
 
 /* Built by hand: a consumer that moved 20 leads into its processing list
- * and vanished (no <p>:alive:<name> key) is recovered by a running daemon
+ * and vanished (no <p>:consumer:<name> key) is recovered by a running daemon
  * within claim_idle_ms and a few seconds, each lead routed once. A
  * consumer whose alive key still exists is left alone until that key goes. */
 Test(faults, list_dead_consumer_processing_list_recovered)
@@ -493,7 +493,7 @@ Test(faults, list_dead_consumer_processing_list_recovered)
         struct h_buf b = h_track(&l);
         h_int("LPUSH %s:in:processing:alive-1 %b", H_PREFIX, b.p, b.len);
     }
-    h_cmd("SET %s:alive:alive-1 1 EX 300", H_PREFIX);
+    h_cmd("SET %s:consumer:alive-1 1 EX 300", H_PREFIX);
     int d = h_daemon_start(conf);
     H_WAIT(processing_len("ghost-1") == 0 && h_outcomes() == 20, 10,
            "the dead consumer's processing list was not recovered (%lld left, %zu outcomes)",
@@ -502,7 +502,7 @@ Test(faults, list_dead_consumer_processing_list_recovered)
     h_sleep_ms(2000);
     cr_assert_eq(processing_len("alive-1"), 10, "a consumer with an alive key lost leads to recovery");
     cr_assert_eq(h_outcomes(), 20);
-    h_cmd("DEL %s:alive:alive-1", H_PREFIX);
+    h_cmd("DEL %s:consumer:alive-1", H_PREFIX);
     h_wait_drained(10);
     h_daemon_stop(d);
     fault_oracle("list_dead_consumer_processing_list_recovered");

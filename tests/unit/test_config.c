@@ -445,6 +445,12 @@ Test(config_bad, unknown_strategy)
     check_error("bad/strategy.conf", 3, "niche 'solar'", "niches.strategy", "'random'");
 }
 
+/* SPEC 5: an empty grades list is a mistake, not "accept nothing". */
+Test(config_bad, empty_grades)
+{
+    check_error("bad/grades_empty.conf", 5, "dealer 'd1'", "contract.grades", "accepts no grade");
+}
+
 Test(config_bad, unknown_overflow)
 {
     check_error("bad/overflow.conf", 5, "dealer 'd1'", "contract.overflow", "'spill'");

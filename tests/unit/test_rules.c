@@ -1572,6 +1572,28 @@ Test(filters, missing_field_passes_only_ne_and_exists_false)
     rt_close(&r);
 }
 
+/* SPEC 5: a field whose value is nil is absent, for every operator. */
+Test(filters, nil_field_is_absent)
+{
+    struct rt r;
+    rt_open(&r, filter_conf);
+    const struct lead_field fields[] = {
+        {S("home_owner"), {.type = LEAD_V_NIL}}, {S("color"), {.type = LEAD_V_NIL}},
+        {S("size"), {.type = LEAD_V_NIL}},       {S("budget"), {.type = LEAD_V_NIL}},
+        {S("pets"), {.type = LEAD_V_NIL}},       {S("a"), {.type = LEAD_V_NIL}},
+    };
+    struct lead l = lead_mk("nil", "f", "IA", NULL);
+    lead_score(&l, 95);
+    l.fields = fields;
+    l.n_fields = sizeof fields / sizeof fields[0];
+    static const struct expect e[] = {
+        {"eq-bool", false}, {"eq-str", false}, {"eq-int", false}, {"ne", true},      {"in-int", false},
+        {"in-str", false},  {"min", false},    {"max", false},    {"exists-t", false}, {"exists-f", true},
+    };
+    expect_filters(&r, &l, e, sizeof e / sizeof e[0]);
+    rt_close(&r);
+}
+
 Test(filters, present_values_that_fail)
 {
     struct rt r;

@@ -31,5 +31,6 @@ struct redisContext *lc_redis(struct lc_env *e);
 int lc_import(struct lc_env *e, int argc, char **argv);
 int lc_export(struct lc_env *e, int argc, char **argv);
 int lc_report(struct lc_env *e, int argc, char **argv);
+int lc_dnc(struct lc_env *e, int argc, char **argv);
 
 #endif

@@ -1,7 +1,8 @@
 /* main.c - leadctl, the ops client: the admin socket commands of SPEC
  * section 6 (human tables, or --json), `explain FILE`, `why LEAD_ID` (read
  * from Redis directly, so it works while the daemon is down), and the
- * spreadsheet commands (import, export, report) of SPEC section 7.
+ * spreadsheet commands (import, export, report) of SPEC section 7, and the
+ * suppression list (dnc).
  * Exit status: 0 ok; 1 usage error, bad config or input, or an ERR reply;
  * 2 the daemon or Redis cannot be reached. */
 #include <errno.h>
@@ -35,6 +36,8 @@ static void usage(FILE *f)
             "  import FILE.csv|- [--map col=key,...] [--dry-run] [--sep ,|;|tab]\n"
             "  export DEALER [--csv] [--drain] [--sep ,|;|tab]\n"
             "  report [--since 24h|7d|YYYY-MM-DD] [--by source|niche|dealer|reason] [--csv]\n"
+            "  dnc add|remove|check PHONE...   the suppression list (stored as the daemon checks it)\n"
+            "  dnc import FILE|-   one phone per line; nothing is written unless every line is valid\n"
             "exit status: 0 ok, 1 usage error or ERR reply, 2 daemon or Redis unreachable\n");
 }
 
@@ -275,6 +278,8 @@ int main(int argc, char **argv)
         rc = lc_export(&e, n, av);
     else if (strcmp(cmd, "report") == 0)
         rc = lc_report(&e, n, av);
+    else if (strcmp(cmd, "dnc") == 0)
+        rc = lc_dnc(&e, n, av);
     else if (strcmp(cmd, "explain") == 0)
         rc = cmd_explain(&e, n, av);
     else if (strcmp(cmd, "why") == 0)
