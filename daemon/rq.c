@@ -120,7 +120,8 @@ struct rq {
     int fail_ms;
     int64_t fail_logged_ms;
     struct event *recover_ev;
-    bool recovering;       /* an XPENDING/XCLAIM round is under way */
+    bool recovering;       /* an XPENDING/XCLAIM round is under way (or the next one is due) */
+    bool recover_more;     /* the last round was full: another follows before new input */
     int n_claim;           /* the last round's ids and their delivery counts */
     char (*claim_ids)[64];
     long long *claim_deliveries;
@@ -387,6 +388,7 @@ static void update_in_flight(struct rq *q)
 /* ------------------------------------------------------------ commits --- */
 
 static void read_next(struct rq *q);
+static void recover_round(struct rq *q);
 static void maybe_finish(struct rq *q);
 static bool alloc_state(struct rq *q);
 static void on_commit(redisAsyncContext *ac, void *reply, void *priv);
@@ -1483,6 +1485,10 @@ static bool run_redo(struct rq *q)
 
 static void read_next(struct rq *q)
 {
+    if (q->recover_more && !q->building && !q->stopping && q->ready && q->wr_up) {
+        q->recover_more = false;
+        recover_round(q);
+    }
     if (q->stopping || q->reading || !q->ready || q->recovering)
         return;
     if (!pick_ready(q) || run_redo(q))
@@ -1802,6 +1808,27 @@ static bool held(const struct rq *q, const char *id)
     return false;
 }
 
+/* One round of recovery: up to a batch of the entries pending longer than
+ * input.claim_idle_ms. Reading new input waits while it runs. */
+static int recover_count(const struct rq *q)
+{
+    return q->cfg->input.batch < 1024 ? q->cfg->input.batch : 1024;
+}
+
+static void on_pending(redisAsyncContext *ac, void *reply, void *priv);
+
+static void recover_round(struct rq *q)
+{
+    int n = recover_count(q);
+    q->recovering = true;
+    q->inflight++;
+    if (redisAsyncCommand(q->wr, on_pending, NULL, "XPENDING %s %s IDLE %d - + %d", q->inkey, q->cfg->input.group,
+                          q->cfg->input.claim_idle_ms, n) != REDIS_OK) {
+        q->inflight--;
+        q->recovering = false;
+    }
+}
+
 /* Every few seconds: leads pending longer than input.claim_idle_ms on any
  * consumer (a daemon that died, or one of ours whose commit failed) are
  * claimed (XCLAIM re-checks the idle time atomically, so two daemons never
@@ -1814,6 +1841,7 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
     q->recovering = false;
     q->inflight--;
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements > 0 && !q->stopping && !q->building) {
+        q->recover_more = q->recover_more && (int)r->elements == q->n_claim;
         if ((int)r->elements < q->n_claim)
             log_warn("recovery: %d of %d pending leads were claimed by another consumer first or their entries "
                      "were deleted from the stream",
@@ -1827,6 +1855,11 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
         } else if (b->n > 0) {
             log_info("recovery: routing %d leads taken over from other consumers", b->n);
             q->st.recovered += (uint64_t)b->n;
+            /* A full round: there may be more. They are all decided before
+             * any newer input, in stream order (SPEC 5: the same leads give
+             * the same answer across a restart): read_next starts the next
+             * round once this batch is decided. */
+            q->recovering = q->recover_more;
             pre_read(q, b, q->wr);
         } else {
             batch_put(q, b);
@@ -1834,6 +1867,8 @@ static void on_claim(redisAsyncContext *ac, void *reply, void *priv)
     } else if (r && r->type == REDIS_REPLY_ERROR) {
         log_error("recovery: XCLAIM: %s", r->str);
     }
+    if (!q->recovering)
+        q->recover_more = false;
     q->n_claim = 0;
     settle(q);
 }
@@ -1854,6 +1889,7 @@ static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
         settle(q);
         return;
     }
+    q->recover_more = (int)r->elements == recover_count(q);
     const char *argv[6 + 1024];
     size_t len[6 + 1024];
     char idle[32];
@@ -1879,6 +1915,7 @@ static void on_pending(redisAsyncContext *ac, void *reply, void *priv)
     }
     if (q->n_claim == 0) {
         q->recovering = false;
+        q->recover_more = false;
         settle(q);
         return;
     }
@@ -1999,14 +2036,7 @@ static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
         recover_lists(q);
     if (q->ready && q->wr_up && !q->stopping && !q->recovering && !q->building && !q->failing &&
         q->cfg->input.mode == INPUT_STREAM) {
-        int n = q->cfg->input.batch < 1024 ? q->cfg->input.batch : 1024;
-        q->recovering = true;
-        q->inflight++;
-        if (redisAsyncCommand(q->wr, on_pending, NULL, "XPENDING %s %s IDLE %d - + %d", q->inkey,
-                              q->cfg->input.group, q->cfg->input.claim_idle_ms, n) != REDIS_OK) {
-            q->inflight--;
-            q->recovering = false;
-        }
+        recover_round(q);
         const char *av[] = {"EVAL", trim_lua, "1", q->inkey};
         size_t al[4] = {4, strlen(trim_lua), 1, strlen(q->inkey)};
         redisAsyncCommandArgv(q->wr, on_trim, NULL, 4, av, al);

@@ -1067,6 +1067,20 @@ void h_set_max_buyers(int k)
     H.max_buyers = k;
 }
 
+void h_oracle_reset(void)
+{
+    for (size_t i = 0; i < H.n_sent; i++) {
+        free(H.sent[i].id);
+        free(H.sent[i].bytes.p);
+        for (int k = 0; k < 3; k++)
+            free(H.sent[i].contact[k]);
+    }
+    H.n_sent = 0;
+    H.extra_dead = 0;
+    H.n_caps = 0;
+    H.last_in_id[0] = H.last_ret_id[0] = 0;
+}
+
 static char *dup_or_null(const char *s)
 {
     return s ? strdup(s) : NULL;

@@ -283,6 +283,10 @@ void h_oracle_allow_extra_dead(size_t n);
 /* A dealer whose queue may never hold more than max assignments (a cap
  * the test set; its queue is not consumed). Counted as cap_overruns. */
 void h_oracle_cap(const char *dealer, long long max);
+/* Forgets every send, allowance and cap so far: for a second run of the
+ * same leads in one test, after FLUSHALL and with no daemon running (the
+ * daemons' logs were checked against the sends when they stopped). */
+void h_oracle_reset(void);
 /* Computes the report without asserting. */
 void h_oracle_check(struct h_report *r);
 /* Computes, prints one summary line, and fails the test on any lost,
