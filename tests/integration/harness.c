@@ -1789,3 +1789,56 @@ void h_oracle_fault(const char *scenario, struct h_report *out)
         *out = r;
     oracle_assert(&r);
 }
+
+/* ---- leadctl ---------------------------------------------------------- */
+
+static const char *slurp_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    cr_assert_not_null(f, "%s: %s", path, strerror(errno));
+    char *buf = h_alloc(1 << 20);
+    size_t n = fread(buf, 1, (1 << 20) - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+struct h_run h_leadctl(const char *arg0, ...)
+{
+    const char *argv[32] = {LR_LEADCTL_PATH};
+    int argc = 1;
+    va_list ap;
+    va_start(ap, arg0);
+    for (const char *a = arg0; a && argc < 31; a = va_arg(ap, const char *))
+        argv[argc++] = a;
+    va_end(ap);
+    argv[argc] = NULL;
+    char outp[PATH_MAX], errp[PATH_MAX];
+    snprintf(outp, sizeof outp, "%s/leadctl.out", h_dir());
+    snprintf(errp, sizeof errp, "%s/leadctl.err", h_dir());
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600),
+            e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+        if (o < 0 || e < 0)
+            _exit(127);
+        dup2(o, 1);
+        dup2(e, 2);
+        close_range(3, ~0U, 0);
+        execv(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    int st = 0;
+    int64_t end = h_now_ms() + 20000;
+    while (waitpid(pid, &st, WNOHANG) == 0) {
+        if (h_now_ms() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            cr_assert_fail("leadctl %s did not finish within 20 s", arg0);
+        }
+        h_sleep_ms(5);
+    }
+    cr_assert(WIFEXITED(st), "leadctl %s died of a signal", arg0);
+    return (struct h_run){WEXITSTATUS(st), slurp_file(outp), slurp_file(errp)};
+}

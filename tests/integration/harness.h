@@ -263,6 +263,17 @@ void h_consume(const char *dealer, const char *lead_id);
 /* Byte-exact comparison helpers for assertions. */
 bool h_buf_eq(struct h_buf a, const void *p, size_t len);
 
+/* ---- leadctl -------------------------------------------------------- */
+
+struct h_run {
+    int status;             /* exit status */
+    const char *out, *err;  /* what it printed (owned by the harness) */
+};
+
+/* Runs leadctl with the arguments (NULL-terminated), stdout and stderr in
+ * files of the temp dir; bounded (20 s). Fails if it dies of a signal. */
+struct h_run h_leadctl(const char *arg0, ...);
+
 /* ---- the oracle ----------------------------------------------------- */
 
 struct h_report {

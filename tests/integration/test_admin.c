@@ -214,63 +214,7 @@ static const char *value_of(const char *text, const char *name)
 
 /* ---- leadctl ------------------------------------------------------------ */
 
-struct run {
-    int status;
-    const char *out, *err;
-};
-
-static const char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert_not_null(f);
-    char *buf = keep(malloc(1 << 20));
-    size_t n = fread(buf, 1, (1 << 20) - 1, f);
-    buf[n] = 0;
-    fclose(f);
-    return buf;
-}
-
-/* Runs leadctl with the arguments (NULL-terminated); bounded in time. */
-static struct run leadctl(const char *arg0, ...)
-{
-    const char *argv[32] = {LR_LEADCTL_PATH};
-    int argc = 1;
-    va_list ap;
-    va_start(ap, arg0);
-    for (const char *a = arg0; a && argc < 31; a = va_arg(ap, const char *))
-        argv[argc++] = a;
-    va_end(ap);
-    argv[argc] = NULL;
-    char outp[256], errp[256];
-    snprintf(outp, sizeof outp, "%s/leadctl.out", h_dir());
-    snprintf(errp, sizeof errp, "%s/leadctl.err", h_dir());
-    pid_t pid = fork();
-    cr_assert_neq(pid, -1);
-    if (pid == 0) {
-        int o = open(outp, O_WRONLY | O_CREAT | O_TRUNC, 0600),
-            e = open(errp, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-        if (o < 0 || e < 0)
-            _exit(127);
-        dup2(o, 1);
-        dup2(e, 2);
-        close_range(3, ~0U, 0);
-        execv(argv[0], (char *const *)argv);
-        _exit(127);
-    }
-    int st = 0;
-    int64_t end = h_now_ms() + 20000;
-    while (waitpid(pid, &st, WNOHANG) == 0) {
-        if (h_now_ms() > end) {
-            kill(pid, SIGKILL);
-            waitpid(pid, &st, 0);
-            cr_assert_fail("leadctl %s did not finish within 20 s", arg0);
-        }
-        h_sleep_ms(5);
-    }
-    cr_assert(WIFEXITED(st), "leadctl %s died of a signal", arg0);
-    struct run r = {WEXITSTATUS(st), slurp(outp), slurp(errp)};
-    return r;
-}
+#define leadctl h_leadctl
 
 /* ---- a Prometheus text format (0.0.4) parser ----------------------------- */
 
@@ -659,7 +603,7 @@ Test(admin, every_command_over_the_socket_and_leadctl)
     cr_assert(strncmp(b, "ERR unknown command", 19) == 0, "%s", b);
 
     /* leadctl: tables, JSON, exit codes. */
-    struct run r = leadctl("-c", conf, "stats", NULL);
+    struct h_run r = leadctl("-c", conf, "stats", NULL);
     cr_assert_eq(r.status, 0, "%s", r.err);
     cr_assert(has_row(r.out, "received 9\n"), "%s", r.out);
     cr_assert_not_null(strstr(r.out, "received           9\n"), "aligned:\n%s", r.out);
@@ -743,7 +687,7 @@ Test(admin, reload_broken_file_keeps_routing_then_good_file_takes_over)
     snprintf(want, sizeof want, "ERR %s:", conf);
     cr_assert(strncmp(b, want, strlen(want)) == 0, "want `ERR FILE:LINE: message`, got: %s", b);
     cr_assert(strspn(b + strlen(want), "0123456789") > 0, "no line number: %s", b);
-    struct run r = leadctl("-s", sock, "reload", NULL);
+    struct h_run r = leadctl("-s", sock, "reload", NULL);
     cr_assert_eq(r.status, 1, "leadctl reload of a broken file: exit 1");
     cr_assert(strstr(r.err, "ERR ") && strstr(r.err, conf), "%s", r.err);
     /* With -c the broken file is reported before the daemon is asked. */
@@ -790,7 +734,7 @@ Test(admin, pause_and_weight_survive_a_reload)
     const char *sock = socket_of(conf);
     int d = h_daemon_start(conf);
     wait_socket(sock);
-    struct run r = leadctl("-c", conf, "pause", "d1", NULL);
+    struct h_run r = leadctl("-c", conf, "pause", "d1", NULL);
     cr_assert_eq(r.status, 0, "%s", r.err);
     cr_assert_str_eq(r.out, "OK dealer d1 paused, weight 1\n");
     r = leadctl("-c", conf, "pause", "nobody", NULL);
@@ -841,7 +785,7 @@ Test(admin, why_assigned_unassigned_and_unknown)
     h_wait_drained(10);
     cr_assert_eq(queue_len("d1"), 1, "W1 went to d1");
 
-    struct run r = leadctl("-c", conf, "why", "W1", NULL);
+    struct h_run r = leadctl("-c", conf, "why", "W1", NULL);
     cr_assert_eq(r.status, 0, "%s", r.err);
     cr_assert_not_null(strstr(r.out, "assigned to d1 by rule tier:1"), "%s", r.out);
     cr_assert(strstr(r.out, "d2") && strstr(r.out, "not_picked"), "who else:\n%s", r.out);

@@ -1,0 +1,362 @@
+/* test_semantics.c - SPEC section 5's precise rules, lead for lead: a
+ * refused lead leaves no trace on the picks after it, the order of the
+ * checks, same_dealer, the pick state across a restart, the suppression
+ * list kept by `leadctl dnc`, `explain` against the commit; and
+ * determinism: the same leads and config give the same answer per lead
+ * whatever the batch size, the input mode, or a SIGTERM or kill -9 half
+ * way. Real redis-server and leadrouterd; the oracle ends every test. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+TestSuite(semantics, .init = h_setup, .fini = h_teardown, .timeout = 90);
+
+/* clang-format off */
+#define DEFAULTS "defaults = { timezone = \"UTC\"; country = \"US\"; };\n"
+#define DEALER(id, niche, states, contract) \
+    "{ id = \"" id "\"; niches = [ \"" niche "\" ]; territory = { states = [ " states " ]; }; " \
+    "contract = { " contract " }; }"
+#define RR_AB(contract_a) DEFAULTS \
+    "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n" \
+    "dealers = ( " DEALER("a", "solar", "\"IA\"", contract_a) ", " DEALER("b", "solar", "\"IA\"", "") " );\n"
+/* clang-format on */
+
+/* ---- helpers -------------------------------------------------------- */
+
+static struct h_lead lead(const char *id, const char *state, const char *phone)
+{
+    return (struct h_lead){.id = id, .niche = "solar", .state = state, .score = 60, .phone = phone};
+}
+
+/* The one dealer a lead went to ("" when none; fails on more than one). */
+static const char *dealer_of(const char *id)
+{
+    struct h_assign *a;
+    size_t n = h_find_assignments(id, &a);
+    cr_assert_leq(n, 1, "%s: %zu assignments, expected at most one", id, n);
+    if (n == 0)
+        return "";
+    static char ring[16][sizeof a[0].dealer]; /* a test compares a few at once */
+    static unsigned next;
+    char *d = ring[next++ % 16];
+    snprintf(d, sizeof ring[0], "%s", a[0].dealer);
+    return d;
+}
+
+static const char *reason_of(const char *id)
+{
+    const struct h_unassigned *u = h_find_unassigned(id);
+    return u ? u->reason : "";
+}
+
+static void dnc_add(const char *digits)
+{
+    char digest[41];
+    h_sha1hex(digits, digest);
+    h_int("SADD %s:dnc %s", H_PREFIX, digest);
+}
+
+/* ---- a refused lead leaves no trace --------------------------------- */
+
+/* L1, L1 again (another payload, same id), L2, L3 in one batch: the
+ * repeat is refused before any pick, so the rotation goes on from L1. */
+Test(semantics, duplicate_id_takes_no_turn)
+{
+    const char *conf = h_config("stream", NULL, RR_AB(""));
+    struct h_lead l[4] = {lead("L1", "IA", NULL), lead("L1", "IA", NULL), lead("L2", "IA", NULL),
+                          lead("L3", "IA", NULL)};
+    l[1].source = "second.example"; /* a distinct payload */
+    h_send_atomic(l, 4);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    const char *first = dealer_of("L1");
+    cr_assert(strcmp(first, "a") == 0 || strcmp(first, "b") == 0, "L1 went to '%s'", first);
+    const char *other = strcmp(first, "a") == 0 ? "b" : "a";
+    cr_assert_str_eq(reason_of("L1"), "duplicate_id", "the repeated id is refused");
+    cr_assert_str_eq(dealer_of("L2"), other, "L2 takes the next turn: the refused repeat took none");
+    cr_assert_str_eq(dealer_of("L3"), first, "L3: the turn after");
+    h_oracle();
+}
+
+/* A day cap of 2: a suppressed lead before two routable ones does not use
+ * the cap; a fourth lead finds it full. */
+Test(semantics, suppressed_lead_uses_no_cap)
+{
+    h_avoid_utc_midnight(30);
+    const char *conf = h_config("stream", NULL,
+                                DEFAULTS "niches = ( { name = \"solar\"; } );\n"
+                                         "dealers = ( " DEALER("a", "solar", "\"IA\"", "caps = { day = 2; };") " );\n");
+    dnc_add("15155550100");
+    struct h_lead l[4] = {lead("C1", "IA", "+1 515 555 0100"), lead("C2", "IA", NULL), lead("C3", "IA", NULL),
+                          lead("C4", "IA", NULL)};
+    h_oracle_cap("a", 2);
+    h_send_atomic(l, 4);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    cr_assert_str_eq(reason_of("C1"), "suppressed");
+    cr_assert_str_eq(dealer_of("C2"), "a", "the cap is not used by the suppressed lead");
+    cr_assert_str_eq(dealer_of("C3"), "a", "the cap's second lead");
+    cr_assert_str_eq(reason_of("C4"), "all_capped", "the cap is full after two");
+    h_oracle();
+}
+
+/* ---- the order of the checks ---------------------------------------- */
+
+/* suppressed comes before the routing reasons; duplicate_id before all. */
+Test(semantics, order_of_the_checks)
+{
+    const char *conf = h_config("stream", NULL,
+                                DEFAULTS "niches = ( { name = \"solar\"; } );\n"
+                                         "dealers = ( " DEALER("a", "solar", "\"IA\"", "") " );\n"
+                                         "dedup = { action = \"reject\"; keys = [ \"phone\" ]; };\n");
+    dnc_add("15155550100");
+    struct h_lead l[6] = {
+        lead("O1", "TX", "+1 515 555 0100"), /* suppressed and no territory: suppressed */
+        lead("O2", "IA", "+1 515 555 0111"), /* routed */
+        lead("O3", "TX", "+1 515 555 0111"), /* a duplicate with no territory: duplicate */
+        lead("O2", "IA", "+1 515 555 0100"), /* a repeated id that is also suppressed: duplicate_id */
+        lead("O5", "IA", "+1 515 555 0122"), /* unknown niche, a fresh phone */
+        lead("O6", "IA", "+1 515 555 0122"), /* same phone: the unknown-niche lead above was not routed */
+    };
+    l[4].niche = "no-such-niche";
+    h_send_atomic(l, 6);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    cr_assert_str_eq(reason_of("O1"), "suppressed");
+    cr_assert_str_eq(dealer_of("O2"), "a");
+    cr_assert_str_eq(reason_of("O3"), "duplicate", "dedup comes before the territory");
+    cr_assert_str_eq(reason_of("O2"), "duplicate_id", "a repeated id is refused first");
+    cr_assert_str_eq(reason_of("O5"), "unknown_niche");
+    cr_assert_str_eq(dealer_of("O6"), "a", "a refused lead leaves no dedup digest");
+    h_oracle();
+}
+
+/* ---- same_dealer ----------------------------------------------------- */
+
+/* The most recent dealer when it can take the lead, whatever the rotation
+ * says; otherwise the lead is routed as new (not all_capped while another
+ * dealer is free), and that dealer becomes the most recent. */
+Test(semantics, same_dealer_most_recent)
+{
+    h_avoid_utc_midnight(30);
+    const char *conf =
+        h_config("stream", NULL,
+                 DEFAULTS "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n"
+                          "dealers = ( " DEALER("a", "solar", "\"IA\"", "caps = { day = 2; };") ", " DEALER(
+                              "b", "solar", "\"IA\"", "caps = { day = 2; };") " );\n"
+                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+    h_oracle_cap("a", 2);
+    h_oracle_cap("b", 2);
+    struct h_lead l[5] = {lead("P1", "IA", "+1 515 555 0191"), lead("P2", "IA", "+1 515 555 0191"),
+                          lead("P3", "IA", "+1 515 555 0191"), lead("P4", "IA", "+1 515 555 0191"),
+                          lead("P5", "IA", "+1 515 555 0191")};
+    h_send_atomic(l, 5);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    const char *x = dealer_of("P1");
+    cr_assert(strcmp(x, "a") == 0 || strcmp(x, "b") == 0, "P1 went to '%s'", x);
+    const char *y = strcmp(x, "a") == 0 ? "b" : "a";
+    cr_assert_str_eq(dealer_of("P2"), x, "the repeat stays with its dealer (the rotation would say %s)", y);
+    cr_assert_str_eq(dealer_of("P3"), y, "its dealer is capped: routed as new, to the free dealer");
+    cr_assert_str_eq(dealer_of("P4"), y, "the most recent dealer now is %s", y);
+    cr_assert_str_eq(reason_of("P5"), "all_capped", "both full");
+    h_oracle();
+}
+
+/* In a max_buyers = 2 niche a repeat goes to its dealer alone. */
+Test(semantics, same_dealer_alone_with_two_buyers)
+{
+    const char *conf =
+        h_config("stream", NULL,
+                 DEFAULTS "niches = ( { name = \"solar\"; strategy = \"round_robin\"; max_buyers = 2; } );\n"
+                          "dealers = ( " DEALER("a", "solar", "\"IA\"", "") ", " DEALER("b", "solar", "\"IA\"",
+                                                                                      "") ", " DEALER("c", "solar",
+                                                                                                    "\"IA\"", "") " );\n"
+                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+    h_set_max_buyers(2);
+    struct h_lead l[4] = {lead("Q1", "IA", "+1 515 555 0180"), lead("Q2", "IA", "+1 515 555 0181"),
+                          lead("Q3", "IA", "+1 515 555 0180"), lead("Q4", "IA", "+1 515 555 0181")};
+    h_send_atomic(l, 4);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    struct h_assign *as;
+    cr_assert_eq(h_find_assignments("Q1", &as), 2, "a new lead goes to two dealers");
+    cr_assert_eq(h_find_assignments("Q2", &as), 2, "a new lead goes to two dealers");
+    for (int i = 2; i < 4; i++) {
+        size_t n = h_find_assignments(l[i].id, &as);
+        cr_assert_eq(n, 1, "%s: a repeat goes to one dealer, not %zu", l[i].id, n);
+        char had[80];
+        snprintf(had, sizeof had, "%s", as[0].dealer);
+        size_t m = h_find_assignments(l[i - 2].id, &as);
+        bool found = false;
+        for (size_t j = 0; j < m; j++)
+            found |= strcmp(as[j].dealer, had) == 0;
+        cr_assert(found, "%s went to %s, which did not have %s", l[i].id, had, l[i - 2].id);
+    }
+    h_oracle();
+}
+
+/* ---- the pick state across a restart -------------------------------- */
+
+/* max_pending depths, tiers and day caps are read back at start: after a
+ * restart the daemon does not send past a's max_pending or b's cap. */
+Test(semantics, depths_and_caps_survive_restart)
+{
+    h_avoid_utc_midnight(30);
+    const char *conf = h_config(
+        "stream", NULL,
+        DEFAULTS "niches = ( { name = \"solar\"; } );\n"
+                 "dealers = ( " DEALER("a", "solar", "\"IA\"", "max_pending = 2;") ", " DEALER(
+                     "b", "solar", "\"IA\"", "tier = 2; caps = { day = 2; };") ", " DEALER("c", "solar", "\"IA\"",
+                                                                                             "tier = 3;") " );\n");
+    h_oracle_cap("a", 2);
+    h_oracle_cap("b", 2);
+    struct h_lead first[2] = {lead("R1", "IA", NULL), lead("R2", "IA", NULL)};
+    struct h_lead second[4] = {lead("R3", "IA", NULL), lead("R4", "IA", NULL), lead("R5", "IA", NULL),
+                               lead("R6", "IA", NULL)};
+    h_send_atomic(first, 2);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    h_send_atomic(second, 4);
+    d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    const char *want[6] = {"a", "a", "b", "b", "c", "c"};
+    const char *ids[6] = {"R1", "R2", "R3", "R4", "R5", "R6"};
+    for (int i = 0; i < 6; i++)
+        cr_assert_str_eq(dealer_of(ids[i]), want[i], "%s", ids[i]);
+    h_oracle();
+}
+
+/* least_loaded reads today's counts back at start: the second run goes on
+ * evening the counts out rather than starting from zero. */
+Test(semantics, least_loaded_survives_restart)
+{
+    h_avoid_utc_midnight(30);
+    const char *conf = h_config("stream", NULL,
+                                DEFAULTS "niches = ( { name = \"solar\"; strategy = \"least_loaded\"; } );\n"
+                                         "dealers = ( " DEALER("a", "solar", "\"IA\"", "") ", " DEALER(
+                                             "b", "solar", "\"IA\"", "") " );\n");
+    struct h_lead l[6] = {lead("N1", "IA", NULL), lead("N2", "IA", NULL), lead("N3", "IA", NULL),
+                          lead("N4", "IA", NULL), lead("N5", "IA", NULL), lead("N6", "IA", NULL)};
+    h_send_atomic(l, 3);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    const char *x = dealer_of("N1"), *y = dealer_of("N2");
+    cr_assert_str_neq(x, y, "least_loaded alternates");
+    cr_assert_str_eq(dealer_of("N3"), x, "a tie again after two: the first in order");
+    h_send_atomic(l + 3, 3);
+    d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    cr_assert_str_eq(dealer_of("N4"), y, "after the restart the dealer with fewer leads today comes first");
+    cr_assert_str_eq(dealer_of("N5"), x);
+    cr_assert_str_eq(dealer_of("N6"), y);
+    h_oracle();
+}
+
+/* ---- the suppression list from leadctl ------------------------------ */
+
+Test(semantics, leadctl_dnc)
+{
+    const char *conf = h_config("stream", NULL,
+                                DEFAULTS "niches = ( { name = \"solar\"; } );\n"
+                                         "dealers = ( " DEALER("a", "solar", "\"IA\"", "") " );\n");
+    struct h_run r = h_leadctl("-c", conf, "dnc", "add", "(515) 555-0100", "+1 515 555 0101", NULL);
+    cr_assert_eq(r.status, 0, "dnc add: %s", r.err);
+    r = h_leadctl("-c", conf, "dnc", "check", "5155550100", NULL);
+    cr_assert(r.status == 0 && strstr(r.out, "argument 1: suppressed"), "a listed number: %s%s", r.out, r.err);
+    r = h_leadctl("-c", conf, "dnc", "check", "5155550199", NULL);
+    cr_assert(r.status == 0 && strstr(r.out, "argument 1: not suppressed"), "not listed: %s%s", r.out, r.err);
+    cr_assert(strstr(r.out, "5155550199") == NULL && strstr(r.err, "5155550199") == NULL,
+              "a phone number is never printed back");
+
+    /* An import with one bad line writes nothing. */
+    char file[512];
+    snprintf(file, sizeof file, "%s/dnc.txt", h_dir());
+    FILE *f = fopen(file, "w");
+    cr_assert_not_null(f);
+    fputs("phone\n+1 515 555 0102\n12\n", f);
+    fclose(f);
+    r = h_leadctl("-c", conf, "dnc", "import", file, NULL);
+    cr_assert_eq(r.status, 1, "a bad line: exit 1 (%s)", r.err);
+    cr_assert(strstr(r.err, ":3:") != NULL, "the bad line is named: %s", r.err);
+    cr_assert_eq(h_int("SCARD %s:dnc", H_PREFIX), 2, "nothing imported");
+    f = fopen(file, "w");
+    cr_assert_not_null(f);
+    fputs("phone\n+1 515 555 0102\n# a comment\n\n515.555.0103\n", f);
+    fclose(f);
+    r = h_leadctl("-c", conf, "dnc", "import", file, NULL);
+    cr_assert_eq(r.status, 0, "import: %s", r.err);
+    cr_assert_eq(h_int("SCARD %s:dnc", H_PREFIX), 4, "two imported");
+    r = h_leadctl("-c", conf, "dnc", "remove", "+15155550101", NULL);
+    cr_assert_eq(r.status, 0, "remove: %s", r.err);
+
+    struct h_lead l[3] = {lead("D1", "IA", "515-555-0100"), lead("D2", "IA", "+1 515 555 0101"),
+                          lead("D3", "IA", "5155550102")};
+    h_send_atomic(l, 3);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    cr_assert_str_eq(reason_of("D1"), "suppressed", "added with another punctuation");
+    cr_assert_str_eq(dealer_of("D2"), "a", "removed again");
+    cr_assert_str_eq(reason_of("D3"), "suppressed", "imported, without the country code");
+    h_oracle();
+}
+
+/* ---- explain agrees with the commit --------------------------------- */
+
+/* explain, asked before each lead, names the dealer the commit then
+ * picks: through round robin turns, a cap filling and a same_dealer
+ * repeat. */
+Test(semantics, explain_matches_commit)
+{
+    h_avoid_utc_midnight(30);
+    const char *conf =
+        h_config("stream", NULL,
+                 DEFAULTS "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n"
+                          "dealers = ( " DEALER("a", "solar", "\"IA\"", "caps = { day = 2; };") ", " DEALER(
+                              "b", "solar", "\"IA\"", "") " );\n"
+                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+    h_oracle_cap("a", 2);
+    int d = h_daemon_start(conf);
+    static const char *const phones[6] = {"+1 515 555 0170", "+1 515 555 0171", "+1 515 555 0172",
+                                          "+1 515 555 0170", "+1 515 555 0173", "+1 515 555 0171"};
+    char file[512];
+    snprintf(file, sizeof file, "%s/lead.json", h_dir());
+    for (int i = 0; i < 6; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "X%d", i);
+        FILE *f = fopen(file, "w");
+        cr_assert_not_null(f);
+        fprintf(f, "{\"id\":\"%s\",\"niche\":\"solar\",\"state\":\"IA\",\"score\":60,\"contact\":{\"phone\":\"%s\"}}\n",
+                id, phones[i]);
+        fclose(f);
+        struct h_run r = h_leadctl("-c", conf, "explain", file, NULL);
+        for (int tries = 0; i == 0 && r.status != 0 && tries < 100; tries++) { /* the socket comes up */
+            h_sleep_ms(50);
+            r = h_leadctl("-c", conf, "explain", file, NULL);
+        }
+        cr_assert_eq(r.status, 0, "explain: %s%s", r.out, r.err);
+        const char *at = strstr(r.out, "assigned to: ");
+        cr_assert_not_null(at, "explain %s: no dealer: %s", id, r.out);
+        char said[80] = "";
+        sscanf(at + strlen("assigned to: "), "%79[^ ,\n]", said);
+        struct h_lead l = lead(id, "IA", phones[i]);
+        h_send(&l, NULL, 0);
+        h_wait_drained(10);
+        cr_assert_str_eq(dealer_of(id), said, "%s: explain said %s", id, said);
+    }
+    h_daemon_stop(d);
+    h_oracle();
+}
