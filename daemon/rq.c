@@ -122,6 +122,7 @@ struct rq {
     struct event *recover_ev;
     bool recovering;       /* an XPENDING/XCLAIM round is under way (or the next one is due) */
     bool recover_more;     /* the last round was full: another follows before new input */
+    bool recover_first;    /* once the pick state is loaded, a recovery round before any new input */
     int n_claim;           /* the last round's ids and their delivery counts */
     char (*claim_ids)[64];
     long long *claim_deliveries;
@@ -932,7 +933,9 @@ static void pre_done(struct rq *q, struct batch *b)
         }
     q->n_building--;
     q->inflight--;
-    if (b->pre_failed || q->stopping) { /* the leads stay pending: recovery or the next start takes them */
+    /* A stopping daemon still commits what it has read (SIGTERM leaves
+     * nothing pending that a restart would route out of order). */
+    if (b->pre_failed || (q->stopping && (!q->wr_up || q->draining))) { /* the leads stay pending for recovery */
         batch_put(q, b);
     } else {
         route_batch(q, b);
@@ -1262,7 +1265,9 @@ static void on_depth(redisAsyncContext *ac, void *reply, void *priv)
     struct sync_req *sr = priv;
     redisReply *r = reply;
     bool ok = r && r->type == REDIS_REPLY_INTEGER;
-    if (ok && sr->gen == q->table_gen && q->ubase) {
+    /* the refresh belongs to a table, the sync's request to a sync */
+    bool current = sr->depth ? sr->gen == q->table_gen : sr->gen == q->sync_gen && q->syncing;
+    if (ok && current && q->ubase) {
         q->ubase[sr->dealers[0]].pending = (uint32_t)r->integer;
         view_dealer(q, sr->dealers[0]);
     }
@@ -1485,7 +1490,7 @@ static bool run_redo(struct rq *q)
 
 static void read_next(struct rq *q)
 {
-    if (q->recover_more && !q->building && !q->stopping && q->ready && q->wr_up) {
+    if (q->recover_more && !q->building && !q->stopping && q->ready && q->wr_up && q->synced) {
         q->recover_more = false;
         recover_round(q);
     }
@@ -1493,6 +1498,14 @@ static void read_next(struct rq *q)
         return;
     if (!pick_ready(q) || run_redo(q))
         return;
+    /* What a dead consumer left pending comes before newer input (SPEC 4:
+     * the same answer as if it had not died), and only once the pick
+     * state is loaded, so that it is decided from the counts. */
+    if (q->recover_first && q->cfg->input.mode == INPUT_STREAM && !q->building) {
+        q->recover_first = false;
+        recover_round(q);
+        return;
+    }
     /* Reads go ahead of the commits: a read and its pre-read wait behind
      * the commits in Redis's one thread, so up to in_flight batches are
      * committing and one more is being read and decided. */
@@ -1561,7 +1574,7 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
         log_error("out of memory building a commit: its leads stay pending for recovery");
     }
     if (b && b->n > 0 && rc == 0)
-        pre_read(q, b, q->rd);
+        pre_read(q, b, q->wr);
     else if (b)
         batch_put(q, b);
     settle(q);
@@ -2034,7 +2047,7 @@ static void on_recover_timer(evutil_socket_t fd, short what, void *arg)
     struct rq *q = arg;
     if (q->ready && q->wr_up && !q->stopping && !q->list_recovering && q->cfg->input.mode == INPUT_LIST)
         recover_lists(q);
-    if (q->ready && q->wr_up && !q->stopping && !q->recovering && !q->building && !q->failing &&
+    if (q->ready && q->wr_up && q->synced && !q->stopping && !q->recovering && !q->building && !q->failing &&
         q->cfg->input.mode == INPUT_STREAM) {
         recover_round(q);
         const char *av[] = {"EVAL", trim_lua, "1", q->inkey};
@@ -2120,6 +2133,7 @@ static void become_ready(struct rq *q)
     q->backoff_ms = BACKOFF_MIN_MS;
     q->synced = false; /* Redis may have restarted: load the pick state again */
     q->syncing = false;
+    q->recover_first = true;
     log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
     /* Commits whose replies were lost with the old connection go again,
      * in the order they were first sent. */
