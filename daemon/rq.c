@@ -989,7 +989,7 @@ static void on_pre(redisAsyncContext *ac, void *reply, void *priv)
 static int pre_send(redisAsyncContext *ac, struct batch *b, int what, const char **argv,
                     const size_t *len, size_t argc)
 {
-    struct pre *p = malloc(sizeof *p);
+    struct pre *p = ac ? malloc(sizeof *p) : NULL; /* no connection: the leads stay pending */
     if (!p)
         return -1;
     p->b = b;
@@ -1573,8 +1573,10 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
         q->st.errors++;
         log_error("out of memory building a commit: its leads stay pending for recovery");
     }
+    /* On the commit connection: the answers follow every commit sent
+     * before them (those after are in the in-flight view). */
     if (b && b->n > 0 && rc == 0)
-        pre_read(q, b, q->wr);
+        pre_read(q, b, q->wr_up ? q->wr : q->rd);
     else if (b)
         batch_put(q, b);
     settle(q);
