@@ -786,6 +786,20 @@ void h_daemon_stop(int idx)
 {
     cr_assert(idx >= 0 && idx < H.n_daemons);
     struct h_daemon *d = &H.daemons[idx];
+    /* A SIGTERM before the daemon has set its handlers kills it: wait
+     * (bounded) for its first log line, which follows them. */
+    for (int64_t end = h_now_ms() + 10000; !d->done && h_now_ms() < end;) {
+        size_t len;
+        char *log = read_file(d->log, &len);
+        bool started = log && strstr(log, " starting: ");
+        free(log);
+        if (started)
+            break;
+        if (waitpid(d->pid, &d->status, WNOHANG) == d->pid)
+            d->done = true;
+        else
+            h_sleep_ms(5);
+    }
     if (!d->done) {
         d->status = stop_pid(d->pid, H_STOP_WAIT_MS);
         d->done = true;
