@@ -257,21 +257,13 @@ int commit_set_expect(struct commit_args *a, const char *rec, size_t len)
 
 /* ------------------------------------------------------------- stats --- */
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
-    return h;
-}
-
 static int stats_rehash(struct commit_args *a, size_t slots)
 {
     uint32_t *ns = calloc(slots, sizeof *ns);
     if (!ns)
         return -1;
     for (size_t i = 0; i < a->nstats; i++) {
-        size_t h = hash_bytes(a->buf + a->stats[i].off, a->stats[i].len) & (slots - 1);
+        size_t h = lr_fnv1a(a->buf + a->stats[i].off, a->stats[i].len) & (slots - 1);
         while (ns[h])
             h = (h + 1) & (slots - 1);
         ns[h] = (uint32_t)i + 1;
@@ -297,7 +289,7 @@ static int stat_add(struct commit_args *a, int64_t n, const char *p1, size_t l1,
     size_t fl = l1 + l2 + l3;
     if ((a->nstats + 1) * 2 > a->stat_slots && stats_rehash(a, a->stat_slots ? a->stat_slots * 2 : 256))
         return -1;
-    size_t h = hash_bytes(f, fl) & (a->stat_slots - 1);
+    size_t h = lr_fnv1a(f, fl) & (a->stat_slots - 1);
     for (; a->stat_slot[h]; h = (h + 1) & (a->stat_slots - 1)) {
         struct commit_stat *s = &a->stats[a->stat_slot[h] - 1];
         if (s->len == fl && memcmp(a->buf + s->off, f, fl) == 0) {

@@ -246,10 +246,7 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 
 static size_t ifl_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ULL;
-    return (size_t)(h & (IFL_BUCKETS - 1));
+    return (size_t)(lr_fnv1a(s, strlen(s)) & (IFL_BUCKETS - 1));
 }
 
 static struct ifl *ifl_get(struct rq *q, const char *key)

@@ -125,22 +125,12 @@ struct vset {
     int other; /* index of "other", -1 until needed */
 };
 
-static uint64_t hash_bytes(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
-    for (size_t i = 0; i < n; i++) {
-        h ^= (unsigned char)s[i];
-        h *= 1099511628211ULL;
-    }
-    return h;
-}
-
 static int vset_find(const struct vset *v, const char *s)
 {
     if (!v->n_slots)
         return -1;
     size_t n = strlen(s);
-    for (uint32_t i = (uint32_t)hash_bytes(s, n) & (v->n_slots - 1);; i = (i + 1) & (v->n_slots - 1)) {
+    for (uint32_t i = (uint32_t)lr_fnv1a(s, n) & (v->n_slots - 1);; i = (i + 1) & (v->n_slots - 1)) {
         uint32_t x = v->slots[i];
         if (!x)
             return -1;
@@ -169,7 +159,7 @@ static int vset_grow(struct vset *v)
         if (!sl)
             return -1;
         for (uint32_t k = 0; k < v->n; k++) {
-            uint32_t i = (uint32_t)hash_bytes(v->vals[k], strlen(v->vals[k])) & (ns - 1);
+            uint32_t i = (uint32_t)lr_fnv1a(v->vals[k], strlen(v->vals[k])) & (ns - 1);
             while (sl[i])
                 i = (i + 1) & (ns - 1);
             sl[i] = k + 1;
@@ -191,7 +181,7 @@ static int vset_insert(struct vset *v, const char *s)
     uint32_t idx = v->n++;
     v->vals[idx] = c;
     v->totals[idx] = 0;
-    uint32_t i = (uint32_t)hash_bytes(s, strlen(s)) & (v->n_slots - 1);
+    uint32_t i = (uint32_t)lr_fnv1a(s, strlen(s)) & (v->n_slots - 1);
     while (v->slots[i])
         i = (i + 1) & (v->n_slots - 1);
     v->slots[i] = idx + 1;

@@ -1,4 +1,5 @@
-/* common.h - tiny shared definitions: string slices and attribute macros. */
+/* common.h - tiny shared definitions: string slices, attribute macros and
+ * the byte hash of the daemon's small hash tables. */
 #ifndef LEADROUTER_COMMON_H
 #define LEADROUTER_COMMON_H
 
@@ -29,6 +30,16 @@ static inline void lr_copy(char *dst, size_t cap, const char *src, size_t n)
     size_t len = strnlen(src, n < cap - 1 ? n : cap - 1);
     memcpy(dst, src, len);
     dst[len] = 0;
+}
+
+/* FNV-1a over n bytes: the hash of the daemon's small in-memory tables
+ * (the in-flight set, a batch's stats fields, the stats label sets). */
+static inline uint64_t lr_fnv1a(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
 }
 
 #endif
