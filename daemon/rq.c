@@ -121,8 +121,7 @@ struct rq {
     int64_t fail_logged_ms;
     struct event *recover_ev;
     bool recovering;       /* an XPENDING/XCLAIM round is under way (or the next one is due) */
-    bool recover_more;     /* the last round was full: another follows before new input */
-    bool recover_first;    /* once the pick state is loaded, a recovery round before any new input */
+    bool recover_more;     /* a recovery round comes before new input (the last was full, or Redis came up) */
     int n_claim;           /* the last round's ids and their delivery counts */
     char (*claim_ids)[64];
     long long *claim_deliveries;
@@ -1487,6 +1486,9 @@ static bool run_redo(struct rq *q)
 
 static void read_next(struct rq *q)
 {
+    /* What a dead consumer left pending comes before newer input, in
+     * stream order, and only once the pick state is loaded, so that it is
+     * decided from the counts (the same answer as if it had not died). */
     if (q->recover_more && !q->building && !q->stopping && q->ready && q->wr_up && q->synced) {
         q->recover_more = false;
         recover_round(q);
@@ -1495,14 +1497,6 @@ static void read_next(struct rq *q)
         return;
     if (!pick_ready(q) || run_redo(q))
         return;
-    /* What a dead consumer left pending comes before newer input (SPEC 4:
-     * the same answer as if it had not died), and only once the pick
-     * state is loaded, so that it is decided from the counts. */
-    if (q->recover_first && q->cfg->input.mode == INPUT_STREAM && !q->building) {
-        q->recover_first = false;
-        recover_round(q);
-        return;
-    }
     /* Reads go ahead of the commits: a read and its pre-read wait behind
      * the commits in Redis's one thread, so up to in_flight batches are
      * committing and one more is being read and decided. */
@@ -2132,7 +2126,7 @@ static void become_ready(struct rq *q)
     q->backoff_ms = BACKOFF_MIN_MS;
     q->synced = false; /* Redis may have restarted: load the pick state again */
     q->syncing = false;
-    q->recover_first = true;
+    q->recover_more = q->cfg->input.mode == INPUT_STREAM;
     log_info("redis up: consuming %s:in as %s", q->cfg->prefix, q->consumer);
     /* Commits whose replies were lost with the old connection go again,
      * in the order they were first sent. */

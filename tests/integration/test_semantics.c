@@ -19,9 +19,11 @@ TestSuite(semantics, .init = h_setup, .fini = h_teardown, .timeout = 90);
 #define DEALER(id, niche, states, contract) \
     "{ id = \"" id "\"; niches = [ \"" niche "\" ]; territory = { states = [ " states " ]; }; " \
     "contract = { " contract " }; }"
-#define RR_AB(contract_a) DEFAULTS \
+#define SAME_DEALER "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n"
+/* Round robin over a and b in Iowa, with their contracts. */
+#define RR_AB(contract_a, contract_b) DEFAULTS \
     "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n" \
-    "dealers = ( " DEALER("a", "solar", "\"IA\"", contract_a) ", " DEALER("b", "solar", "\"IA\"", "") " );\n"
+    "dealers = ( " DEALER("a", "solar", "\"IA\"", contract_a) ", " DEALER("b", "solar", "\"IA\"", contract_b) " );\n"
 /* clang-format on */
 
 /* ---- helpers -------------------------------------------------------- */
@@ -59,20 +61,27 @@ static void dnc_add(const char *digits)
     h_int("SADD %s:dnc %s", H_PREFIX, digest);
 }
 
+/* One daemon routes the n leads (enqueued in one MULTI, so that it reads
+ * them as one batch) and stops. */
+static void route(const char *conf, const struct h_lead *l, size_t n)
+{
+    h_send_atomic(l, n);
+    int d = h_daemon_start(conf);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+}
+
 /* ---- a refused lead leaves no trace --------------------------------- */
 
 /* L1, L1 again (another payload, same id), L2, L3 in one batch: the
  * repeat is refused before any pick, so the rotation goes on from L1. */
 Test(semantics, duplicate_id_takes_no_turn)
 {
-    const char *conf = h_config("stream", NULL, RR_AB(""));
+    const char *conf = h_config("stream", NULL, RR_AB("", ""));
     struct h_lead l[4] = {lead("L1", "IA", NULL), lead("L1", "IA", NULL), lead("L2", "IA", NULL),
                           lead("L3", "IA", NULL)};
     l[1].source = "second.example"; /* a distinct payload */
-    h_send_atomic(l, 4);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 4);
     const char *first = dealer_of("L1");
     cr_assert(strcmp(first, "a") == 0 || strcmp(first, "b") == 0, "L1 went to '%s'", first);
     const char *other = strcmp(first, "a") == 0 ? "b" : "a";
@@ -94,10 +103,7 @@ Test(semantics, suppressed_lead_uses_no_cap)
     struct h_lead l[4] = {lead("C1", "IA", "+1 515 555 0100"), lead("C2", "IA", NULL), lead("C3", "IA", NULL),
                           lead("C4", "IA", NULL)};
     h_oracle_cap("a", 2);
-    h_send_atomic(l, 4);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 4);
     cr_assert_str_eq(reason_of("C1"), "suppressed");
     cr_assert_str_eq(dealer_of("C2"), "a", "the cap is not used by the suppressed lead");
     cr_assert_str_eq(dealer_of("C3"), "a", "the cap's second lead");
@@ -124,10 +130,7 @@ Test(semantics, order_of_the_checks)
         lead("O6", "IA", "+1 515 555 0122"), /* same phone: the unknown-niche lead above was not routed */
     };
     l[4].niche = "no-such-niche";
-    h_send_atomic(l, 6);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 6);
     cr_assert_str_eq(reason_of("O1"), "suppressed");
     cr_assert_str_eq(dealer_of("O2"), "a");
     cr_assert_str_eq(reason_of("O3"), "duplicate", "dedup comes before the territory");
@@ -145,21 +148,13 @@ Test(semantics, order_of_the_checks)
 Test(semantics, same_dealer_most_recent)
 {
     h_avoid_utc_midnight(30);
-    const char *conf =
-        h_config("stream", NULL,
-                 DEFAULTS "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n"
-                          "dealers = ( " DEALER("a", "solar", "\"IA\"", "caps = { day = 2; };") ", " DEALER(
-                              "b", "solar", "\"IA\"", "caps = { day = 2; };") " );\n"
-                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+    const char *conf = h_config("stream", NULL, RR_AB("caps = { day = 2; };", "caps = { day = 2; };") SAME_DEALER);
     h_oracle_cap("a", 2);
     h_oracle_cap("b", 2);
     struct h_lead l[5] = {lead("P1", "IA", "+1 515 555 0191"), lead("P2", "IA", "+1 515 555 0191"),
                           lead("P3", "IA", "+1 515 555 0191"), lead("P4", "IA", "+1 515 555 0191"),
                           lead("P5", "IA", "+1 515 555 0191")};
-    h_send_atomic(l, 5);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 5);
     const char *x = dealer_of("P1");
     cr_assert(strcmp(x, "a") == 0 || strcmp(x, "b") == 0, "P1 went to '%s'", x);
     const char *y = strcmp(x, "a") == 0 ? "b" : "a";
@@ -179,14 +174,11 @@ Test(semantics, same_dealer_alone_with_two_buyers)
                           "dealers = ( " DEALER("a", "solar", "\"IA\"", "") ", " DEALER("b", "solar", "\"IA\"",
                                                                                       "") ", " DEALER("c", "solar",
                                                                                                     "\"IA\"", "") " );\n"
-                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+                          SAME_DEALER);
     h_set_max_buyers(2);
     struct h_lead l[4] = {lead("Q1", "IA", "+1 515 555 0180"), lead("Q2", "IA", "+1 515 555 0181"),
                           lead("Q3", "IA", "+1 515 555 0180"), lead("Q4", "IA", "+1 515 555 0181")};
-    h_send_atomic(l, 4);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 4);
     struct h_assign *as;
     cr_assert_eq(h_find_assignments("Q1", &as), 2, "a new lead goes to two dealers");
     cr_assert_eq(h_find_assignments("Q2", &as), 2, "a new lead goes to two dealers");
@@ -222,12 +214,9 @@ Test(semantics, depths_and_caps_survive_restart)
     struct h_lead first[2] = {lead("R1", "IA", NULL), lead("R2", "IA", NULL)};
     struct h_lead second[4] = {lead("R3", "IA", NULL), lead("R4", "IA", NULL), lead("R5", "IA", NULL),
                                lead("R6", "IA", NULL)};
-    h_send_atomic(first, 2);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, first, 2);
     h_send_atomic(second, 4);
-    d = h_daemon_start(conf);
+    int d = h_daemon_start(conf);
     h_wait_drained(10);
     cr_assert_null(strstr(h_daemon_log_tail(d), "refused by Redis"),
                    "the daemon decided from the depths and counts it loaded, not from the script's refusal:\n%s",
@@ -251,17 +240,11 @@ Test(semantics, least_loaded_survives_restart)
                                              "b", "solar", "\"IA\"", "") " );\n");
     struct h_lead l[6] = {lead("N1", "IA", NULL), lead("N2", "IA", NULL), lead("N3", "IA", NULL),
                           lead("N4", "IA", NULL), lead("N5", "IA", NULL), lead("N6", "IA", NULL)};
-    h_send_atomic(l, 3);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 3);
     const char *x = dealer_of("N1"), *y = dealer_of("N2");
     cr_assert_str_neq(x, y, "least_loaded alternates");
     cr_assert_str_eq(dealer_of("N3"), x, "a tie again after two: the first in order");
-    h_send_atomic(l + 3, 3);
-    d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l + 3, 3);
     cr_assert_str_eq(dealer_of("N4"), y, "after the restart the dealer with fewer leads today comes first");
     cr_assert_str_eq(dealer_of("N5"), x);
     cr_assert_str_eq(dealer_of("N6"), y);
@@ -307,10 +290,7 @@ Test(semantics, leadctl_dnc)
 
     struct h_lead l[3] = {lead("D1", "IA", "515-555-0100"), lead("D2", "IA", "+1 515 555 0101"),
                           lead("D3", "IA", "5155550102")};
-    h_send_atomic(l, 3);
-    int d = h_daemon_start(conf);
-    h_wait_drained(10);
-    h_daemon_stop(d);
+    route(conf, l, 3);
     cr_assert_str_eq(reason_of("D1"), "suppressed", "added with another punctuation");
     cr_assert_str_eq(dealer_of("D2"), "a", "removed again");
     cr_assert_str_eq(reason_of("D3"), "suppressed", "imported, without the country code");
@@ -325,12 +305,7 @@ Test(semantics, leadctl_dnc)
 Test(semantics, explain_matches_commit)
 {
     h_avoid_utc_midnight(30);
-    const char *conf =
-        h_config("stream", NULL,
-                 DEFAULTS "niches = ( { name = \"solar\"; strategy = \"round_robin\"; } );\n"
-                          "dealers = ( " DEALER("a", "solar", "\"IA\"", "caps = { day = 2; };") ", " DEALER(
-                              "b", "solar", "\"IA\"", "") " );\n"
-                          "dedup = { action = \"same_dealer\"; keys = [ \"phone\" ]; };\n");
+    const char *conf = h_config("stream", NULL, RR_AB("caps = { day = 2; };", "") SAME_DEALER);
     h_oracle_cap("a", 2);
     int d = h_daemon_start(conf);
     static const char *const phones[6] = {"+1 515 555 0170", "+1 515 555 0171", "+1 515 555 0172",
