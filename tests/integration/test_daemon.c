@@ -872,3 +872,159 @@ Test(daemon, twenty_identical_returns_reroute_once)
     h_oracle_allow_extra_dead(19);
     h_oracle();
 }
+
+/* Sums a field of every <p>:stats:<hour> hash (an hour may turn mid-test). */
+static long long stat_sum(const char *field)
+{
+    redisReply *keys = h_cmd("KEYS %s:stats:*", H_PREFIX);
+    long long n = 0;
+    for (size_t i = 0; i < keys->elements; i++) {
+        redisReply *v = h_cmd_any("HGET %s %s", keys->element[i]->str, field);
+        if (v->type == REDIS_REPLY_STRING)
+            n += atoll(v->str);
+    }
+    return n;
+}
+
+/* A recovery batch whose first leads are poison: the old batch kept notes
+ * and commit entries in two arrays, and a poison entry had no note, so the
+ * later leads were tallied with their neighbours' notes. stats must count
+ * every max_deliveries dead letter and every assignment. */
+Test(daemon, a_batch_with_poison_leads_counts_each_lead_as_itself)
+{
+    const char *conf = h_config("stream", "claim_idle_ms = 200; max_deliveries = 3;", CONF_WEIGHTED_3_1);
+    h_cmd("XGROUP CREATE %s:in %s 0 MKSTREAM", H_PREFIX, H_GROUP);
+    char ids[20][64];
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "PB-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, ids[i], sizeof ids[i]);
+    }
+    h_cmd("XREADGROUP GROUP %s crashed-1 COUNT 20 STREAMS %s:in >", H_GROUP, H_PREFIX);
+    /* Poison: entries 0, 1, 7 and 8, delivered 3 times already, with
+     * healthy leads after each of them in the same recovery batch. */
+    static const int poison[] = {0, 1, 7, 8};
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < sizeof poison / sizeof poison[0]; i++)
+            h_cmd("XCLAIM %s:in %s crashed-2 0 %s", H_PREFIX, H_GROUP, ids[poison[i]]);
+    int d = h_daemon_start(conf);
+    H_WAIT(h_in_left() == 0, 15, "the pending leads were never recovered");
+    h_daemon_stop(d);
+    cr_assert_eq(dead_count(), 4);
+    cr_assert_eq(stat_sum("dead"), 4, "stats count each max_deliveries dead letter: %lld", stat_sum("dead"));
+    cr_assert_eq(stat_sum("dealer:w3:assigned") + stat_sum("dealer:w1:assigned"), 16,
+                 "stats count each assignment: w3 %lld w1 %lld", stat_sum("dealer:w3:assigned"),
+                 stat_sum("dealer:w1:assigned"));
+    cr_assert_eq(stat_sum("dealer:w3:assigned"), queue_len("w3"), "w3's count is its queue");
+    cr_assert_eq(stat_sum("dealer:w1:assigned"), queue_len("w1"), "w1's count is its queue");
+    h_oracle();
+}
+
+/* Redis refusing commits (OOM under maxmemory) for longer than
+ * claim_idle_ms x max_deliveries: each recovery claim used to add a
+ * delivery and valid leads ended dead as max_deliveries, while the daemon
+ * kept reading with no backoff. Now those attempts count for nothing,
+ * reading and committing back off, and every lead lands once. */
+Test(daemon, redis_refusing_commits_out_of_memory_poisons_nothing)
+{
+    h_cmd("CONFIG SET maxmemory-policy noeviction");
+    int d = h_daemon_start(h_config("stream", "batch = 5; claim_idle_ms = 200; max_deliveries = 2;", CONF_BASIC));
+    for (int i = 0; i < 20; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "OOM-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+    }
+    /* The leads are in the stream: now every write is refused. */
+    h_cmd("CONFIG SET maxmemory 1");
+    h_cmd("CONFIG RESETSTAT");
+    struct h_lead late = ia_lead("OOM-late", 60);
+    redisReply *r = h_cmd_any("XADD %s:in * x y", H_PREFIX);
+    cr_assert(r->type == REDIS_REPLY_ERROR && strncmp(r->str, "OOM", 3) == 0, "Redis refuses writes now");
+    h_sleep_ms(2000); /* 10 x claim_idle_ms x max_deliveries */
+    redisReply *st = h_cmd("INFO commandstats");
+    const char *ev = strstr(st->str, "cmdstat_evalsha:calls=");
+    long long evals = ev ? atoll(ev + strlen("cmdstat_evalsha:calls=")) : 0;
+    cr_assert(evals <= 40, "commits back off while Redis refuses them: %lld EVALSHA in 2 s", evals);
+    cr_assert_eq(queue_len("d-ia"), 0, "nothing lands while Redis is out of memory");
+    h_cmd("CONFIG SET maxmemory 0");
+    h_send(&late, NULL, 0);
+    h_wait_drained(15);
+    h_daemon_stop(d);
+    cr_assert_eq(dead_count(), 0, "leads Redis would not store are not poison");
+    cr_assert_eq(queue_len("d-ia"), 21, "each lead once, after Redis has memory again");
+    h_oracle();
+}
+
+/* More of this consumer's pending entries than one fence window: the old
+ * fence listed the consumer's oldest pending entries ('-' '+', a window of
+ * nleads x 4 + 1024) and answered not_owner for a batch entry past it,
+ * without asking whose it was. 3 000 older entries are handed to the
+ * daemon's consumer (XCLAIM, idle 0, claim_idle_ms far away); the new
+ * leads after them must still be routed, once. */
+Test(daemon, more_pending_entries_than_one_fence_window)
+{
+    int d = h_daemon_start(h_config("stream", "batch = 10; claim_idle_ms = 60000;", CONF_BASIC));
+    struct h_lead first = ia_lead("FW-first", 60);
+    h_send(&first, NULL, 0);
+    H_WAIT(queue_len("d-ia") == 1, 10, "the first lead was not routed");
+    redisReply *cons = h_cmd("XINFO CONSUMERS %s:in %s", H_PREFIX, H_GROUP);
+    cr_assert_eq(cons->elements, 1, "one consumer: the daemon");
+    redisReply *c0 = cons->element[0];
+    char daemon_consumer[256] = "";
+    for (size_t i = 0; i + 1 < c0->elements; i += 2)
+        if (strcmp(c0->element[i]->str, "name") == 0)
+            snprintf(daemon_consumer, sizeof daemon_consumer, "%s", c0->element[i + 1]->str);
+    cr_assert(daemon_consumer[0], "the daemon's consumer name");
+    /* Filler entries (not leads of the oracle), read by a ghost in the
+     * same transaction (the daemon's blocked read must not get them), then
+     * handed to the daemon. */
+    redisContext *rc = h_redis();
+    enum { FILLER = 3000 };
+    redisAppendCommand(rc, "MULTI");
+    for (int i = 0; i < FILLER; i++)
+        redisAppendCommand(rc, "XADD %s:in * filler %d", H_PREFIX, i);
+    redisAppendCommand(rc, "XREADGROUP GROUP %s ghost COUNT %d STREAMS %s:in >", H_GROUP, FILLER, H_PREFIX);
+    redisAppendCommand(rc, "EXEC");
+    redisReply *exec = NULL;
+    for (int i = 0; i < FILLER + 3; i++) {
+        redisReply *x = NULL;
+        cr_assert_eq(redisGetReply(rc, (void **)&x), REDIS_OK);
+        if (i < FILLER + 2)
+            freeReplyObject(x);
+        else
+            exec = x;
+    }
+    cr_assert(exec && exec->type == REDIS_REPLY_ARRAY && exec->elements == FILLER + 1, "the transaction ran");
+    redisReply *got = exec->element[FILLER];
+    cr_assert(got->type == REDIS_REPLY_ARRAY && got->elements == 1);
+    redisReply *ents = got->element[0]->element[1];
+    cr_assert_eq(ents->elements, FILLER, "the ghost read the filler, not the daemon");
+    for (size_t i = 0; i < ents->elements; i++)
+        redisAppendCommand(rc, "XCLAIM %s:in %s %s 0 %s JUSTID", H_PREFIX, H_GROUP, daemon_consumer,
+                           ents->element[i]->element[0]->str);
+    for (size_t i = 0; i < ents->elements; i++) {
+        redisReply *x = NULL;
+        cr_assert_eq(redisGetReply(rc, (void **)&x), REDIS_OK);
+        freeReplyObject(x);
+    }
+    for (int i = 0; i < 50; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "FW-%d", i);
+        struct h_lead l = ia_lead(id, 60);
+        h_send(&l, NULL, 0);
+    }
+    H_WAIT(queue_len("d-ia") == 51, 10, "leads past one fence window were refused: %lld of 51 routed",
+           queue_len("d-ia"));
+    /* The filler goes before the oracle counts what is left in the stream. */
+    for (size_t i = 0; i < ents->elements; i++) {
+        const char *id = ents->element[i]->element[0]->str;
+        h_cmd("XACK %s:in %s %s", H_PREFIX, H_GROUP, id);
+        h_cmd("XDEL %s:in %s", H_PREFIX, id);
+    }
+    freeReplyObject(exec);
+    h_daemon_stop(d);
+    cr_assert_eq(dead_count(), 0);
+    h_oracle();
+}
