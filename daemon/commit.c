@@ -856,13 +856,20 @@ size_t commit_norm_email(struct lr_str in, char *out, size_t cap)
 
 void commit_sha1_hex(const char *prefix, const char *s, size_t n, char out[41])
 {
+    /* Fetched once and reused: a fetch and a context per digest cost more
+     * than the digest itself (a daemon is one thread). */
+    static EVP_MD *sha1;
+    static EVP_MD_CTX *ctx;
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int ml = 0;
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     out[0] = 0;
+    if (!sha1)
+        sha1 = EVP_MD_fetch(NULL, "SHA1", NULL);
     if (!ctx)
+        ctx = EVP_MD_CTX_new();
+    if (!sha1 || !ctx)
         return;
-    if (EVP_DigestInit_ex(ctx, EVP_sha1(), NULL) == 1 && EVP_DigestUpdate(ctx, prefix, strlen(prefix)) == 1 &&
+    if (EVP_DigestInit_ex(ctx, sha1, NULL) == 1 && EVP_DigestUpdate(ctx, prefix, strlen(prefix)) == 1 &&
         EVP_DigestUpdate(ctx, s, n) == 1 && EVP_DigestFinal_ex(ctx, md, &ml) == 1) {
         static const char hx[] = "0123456789abcdef";
         for (unsigned i = 0; i < ml && i < 20; i++) {
@@ -871,7 +878,6 @@ void commit_sha1_hex(const char *prefix, const char *s, size_t n, char out[41])
         }
         out[40] = 0;
     }
-    EVP_MD_CTX_free(ctx);
 }
 
 static void copy_obj(char *dst, size_t cap, const msgpack_object *o)

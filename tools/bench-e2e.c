@@ -1559,11 +1559,11 @@ static void print_redis_costs(size_t leads, int64_t redis_cpu_us)
     redisReply *r = cmd("INFO commandstats");
     double ev = commandstat(r->str, "evalsha", "usec_per_call"),
            evn = commandstat(r->str, "evalsha", "calls");
-    double xr = commandstat(r->str, "xreadgroup", "calls");
+    double xr = commandstat(r->str, "xreadgroup", "calls"), xru = commandstat(r->str, "xreadgroup", "usec");
     printf("redis: CPU %.2f us/lead (main thread and all); commit script (EVALSHA) %.2f us per call, %.0f "
-           "calls; "
-           "%.0f XREADGROUP (%.1f leads per read)\n",
-           (double)redis_cpu_us / (double)leads, ev, evn, xr, xr > 0 ? (double)leads / xr : 0.0);
+           "calls (%.2f us/lead); %.0f XREADGROUP (%.1f leads per read, %.2f us/lead)\n",
+           (double)redis_cpu_us / (double)leads, ev, evn, ev * evn / (double)leads, xr,
+           xr > 0 ? (double)leads / xr : 0.0, xru / (double)leads);
     /* Where the script's time goes: the commands it calls, per lead. */
     printf("redis: commands per lead (calls, us):");
     for (const char *l = strstr(r->str, "cmdstat_"); l; l = strstr(l + 1, "\ncmdstat_")) {
