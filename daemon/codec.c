@@ -40,6 +40,7 @@
 #define CODEC_MAX_FIELDS 128
 #define CODEC_FIELD_KEY_MAX 64
 #define CODEC_FIELD_STR_MAX 1024
+#define CODEC_MAX_CONTACT 64
 #define CODEC_STATE_MAX 8
 #define CODEC_ZIP_MAX 16
 #define CODEC_CREATED_AT_MAX (UINT64_C(1) << 53)
@@ -190,6 +191,7 @@ static int scan_payload(const unsigned char *p, size_t len, size_t max_bytes, si
     unsigned top = 0;
     size_t pos = 0;
     uint64_t need = 0;
+    bool bad_utf8 = false; /* reported once the structure is known good */
 
     for (;;) {
         if (pos >= len)
@@ -240,6 +242,11 @@ static int scan_payload(const unsigned char *p, size_t len, size_t max_bytes, si
             uint64_t skip = lay.kind == MP_BYTES ? n + lay.fixed : lay.fixed;
             if (skip > len - pos)
                 return fail(err, errlen, "truncated: payload ends inside an object");
+            /* A str (not a bin) must be UTF-8: dealers' decoders raise on
+             * anything else. */
+            bool str = (b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb);
+            if (str && !bad_utf8 && !lr_utf8_valid(p + pos, (size_t)skip))
+                bad_utf8 = true;
             pos += (size_t)skip;
         }
 
@@ -253,6 +260,8 @@ static int scan_payload(const unsigned char *p, size_t len, size_t max_bytes, si
         return fail(err, errlen, "trailing_bytes: %zu bytes after the first object", len - pos);
     if (need > SIZE_MAX)
         return fail(err, errlen, "too_complex: too many objects");
+    if (bad_utf8)
+        return fail(err, errlen, "invalid_utf8: a string (key or value) is not valid UTF-8 (send bytes as bin)");
     *zone_need = (size_t)need;
     return 0;
 }
@@ -452,10 +461,16 @@ static int set_contact(struct codec_lead *cl, const msgpack_object *v, char *err
     struct lead *l = &cl->lead;
     if (v->type != MSGPACK_OBJECT_MAP)
         return fail(err, errlen, "bad_type: contact must be a map");
-    /* Opaque apart from the dedup keys; the first string value wins (a
-     * phone may also be a non-negative integer: its digits, SPEC 5). */
+    /* Opaque apart from the dedup keys (a phone may also be a non-negative
+     * integer: its digits, SPEC 5). A key given twice is refused: we would
+     * check one value while a dealer's decoder keeps the other. */
+    if (v->via.map.size > CODEC_MAX_CONTACT)
+        return fail(err, errlen, "out_of_range: contact may hold at most %d entries", CODEC_MAX_CONTACT);
     for (uint32_t i = 0; i < v->via.map.size; i++) {
         const msgpack_object_kv *kv = &v->via.map.ptr[i];
+        for (uint32_t j = 0; j < i; j++)
+            if (msgpack_object_equal(v->via.map.ptr[j].key, kv->key))
+                return fail(err, errlen, "duplicate_key: contact holds a key twice");
         if (kv->key.type != MSGPACK_OBJECT_STR)
             continue;
         struct lr_str k = to_str(&kv->key);

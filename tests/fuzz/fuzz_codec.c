@@ -31,7 +31,8 @@ static void fuzz_fail(const char *what)
     abort();
 }
 
-/* Reads every byte of s (ASan checks each one lies in live memory). */
+/* Reads every byte of s (ASan checks each one lies in live memory), which
+ * must be UTF-8. */
 static uint64_t touch(struct lr_str s)
 {
     uint64_t sum = s.len;
@@ -39,6 +40,8 @@ static uint64_t touch(struct lr_str s)
         fuzz_fail("string with a length but no bytes");
     for (uint32_t i = 0; i < s.len; i++)
         sum += (unsigned char)s.p[i];
+    if (!lr_utf8_valid((const unsigned char *)s.p, s.len))
+        fuzz_fail("an accepted lead holds a string that is not UTF-8");
     return sum;
 }
 
@@ -46,7 +49,7 @@ static void check_error(const char *err)
 {
     static const char *const codes[] = {
         "too_large",     "truncated",  "trailing_bytes", "too_complex", "malformed",    "not_a_map",
-        "duplicate_key", "missing_id", "invalid_id",     "bad_type",    "out_of_range",
+        "duplicate_key", "missing_id", "invalid_id",     "bad_type",    "out_of_range", "invalid_utf8",
     };
     for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++) {
         size_t n = strlen(codes[i]);

@@ -695,3 +695,26 @@ Test(csv, redis_unreachable_exits_2)
     ctl_free(&x);
     ctl_free(&rep);
 }
+
+/* A source is the producer's text: a control byte in it (valid UTF-8,
+ * so the lead is routed) must not reach the report's CSV raw, where it
+ * would drive a terminal or break a spreadsheet import. */
+Test(csv, report_csv_writes_no_control_bytes)
+{
+    const char *conf = h_config("stream", NULL, CONF);
+    int d = h_daemon_start(conf);
+    struct h_lead l = {.id = "CTRL-1", .niche = "solar", .state = "IA", .score = 50,
+                       .source = "evil\x1b[2J\x07src"};
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    h_daemon_stop(d);
+    struct ctl rs = ctl(conf, "report", "--by", "source", "--csv", NULL);
+    cr_assert_eq(rs.status, 0, "%s", rs.err);
+    for (const char *p = rs.out; *p; p++)
+        cr_assert(!((unsigned char)*p < 0x20 && *p != '\r' && *p != '\n') && *p != 0x7f,
+                  "a raw control byte 0x%02x in the report:\n%s", (unsigned char)*p, rs.out);
+    cr_assert_not_null(strstr(rs.out, "evil?[2J?src,1,"), "the source is shown, its control bytes as '?':\n%s",
+                       rs.out);
+    ctl_free(&rs);
+    h_oracle();
+}

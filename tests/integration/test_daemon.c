@@ -349,7 +349,7 @@ Test(daemon, dead_letters_for_malformed_input)
         const char *id;   /* the id inside, when one can be read */
         struct h_buf bytes;
         char ref[64]; /* stream entry id */
-    } c[6];
+    } c[8];
     int n = 0;
 
     static const unsigned char array[] = {0x92, 0x01, 0x02};
@@ -385,6 +385,23 @@ Test(daemon, dead_letters_for_malformed_input)
     struct h_lead bad = ia_lead("D-type-1", 0);
     bad.score_str = "high";
     c[n++] = (struct bad_case){"bad_type", "D-type-1", h_lead_pack(&bad), ""};
+
+    /* contact {"phone": "n/a", "phone": "+15155559999"}: we would check
+     * the first for DNC while a dealer's decoder keeps the last. */
+    static const char two_phones[] = "\x82\xa5phone\xa3n/a\xa5phone\xac+15155559999";
+    struct h_lead dup = ia_lead("D-dupphone-1", 60);
+    dup.extra_key = "contact";
+    dup.extra_raw = two_phones;
+    dup.extra_raw_len = sizeof two_phones - 1;
+    c[n++] = (struct bad_case){"duplicate_key", "D-dupphone-1", h_lead_pack(&dup), ""};
+
+    /* A str that is not UTF-8 in an unknown key (it would be forwarded). */
+    static const char latin1[] = "\xa6" "Fran" "\xe7" "o";
+    struct h_lead u8 = ia_lead("D-utf8-1", 60);
+    u8.extra_key = "vendor_note";
+    u8.extra_raw = latin1;
+    u8.extra_raw_len = sizeof latin1 - 1;
+    c[n++] = (struct bad_case){"invalid_utf8", "D-utf8-1", h_lead_pack(&u8), ""};
 
     for (int i = 0; i < n; i++)
         h_send_raw(c[i].bytes.p, c[i].bytes.len, c[i].id, c[i].ref, sizeof c[i].ref);

@@ -1020,6 +1020,129 @@ Test(codec, duplicate_keys_inside_signals_and_fields)
     pk_done(&k);
 }
 
+/* Two phones in contact: we would check "n/a" for DNC while a dealer's
+ * decoder (which keeps the last) dials the listed number. */
+Test(codec, duplicate_keys_inside_contact)
+{
+    struct pk k;
+    pk_init(&k);
+    msgpack_pack_map(&k.p, 2);
+    pstr(&k.p, "id");
+    pstr(&k.p, "a");
+    pstr(&k.p, "contact");
+    msgpack_pack_map(&k.p, 3);
+    pstr(&k.p, "phone");
+    pstr(&k.p, "n/a");
+    pstr(&k.p, "name");
+    pstr(&k.p, "Pat");
+    pstr(&k.p, "phone");
+    pstr(&k.p, "+1 515 555 9999");
+    expect_reject(&k, "duplicate_key", "contact");
+    pk_done(&k);
+
+    /* Twice as a string and as an integer, and a non-string key twice. */
+    pk_init(&k);
+    msgpack_pack_map(&k.p, 2);
+    pstr(&k.p, "id");
+    pstr(&k.p, "a");
+    pstr(&k.p, "contact");
+    msgpack_pack_map(&k.p, 2);
+    pstr(&k.p, "phone");
+    msgpack_pack_int64(&k.p, 15155559999);
+    pstr(&k.p, "phone");
+    pstr(&k.p, "n/a");
+    expect_reject(&k, "duplicate_key", "contact");
+    pk_done(&k);
+
+    pk_init(&k);
+    msgpack_pack_map(&k.p, 2);
+    pstr(&k.p, "id");
+    pstr(&k.p, "a");
+    pstr(&k.p, "contact");
+    msgpack_pack_map(&k.p, 2);
+    msgpack_pack_int(&k.p, 1);
+    pstr(&k.p, "x");
+    msgpack_pack_int(&k.p, 1);
+    pstr(&k.p, "y");
+    expect_reject(&k, "duplicate_key", "contact");
+    pk_done(&k);
+
+    /* At most 64 entries. */
+    pk_init(&k);
+    msgpack_pack_map(&k.p, 2);
+    pstr(&k.p, "id");
+    pstr(&k.p, "a");
+    pstr(&k.p, "contact");
+    msgpack_pack_map(&k.p, 65);
+    for (int i = 0; i < 65; i++) {
+        char key[16];
+        snprintf(key, sizeof key, "k%d", i);
+        pstr(&k.p, key);
+        msgpack_pack_int(&k.p, i);
+    }
+    expect_reject(&k, "out_of_range", "contact");
+    pk_done(&k);
+}
+
+/* Any str of the lead, key or value, at any depth, known key or not: a
+ * bin may hold anything. */
+Test(codec, invalid_utf8_anywhere_in_a_string)
+{
+    static const char *const bad[] = {"\xff", "ok\xc3", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\x80"};
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++) {
+        for (int where = 0; where < 5; where++) {
+            struct pk k;
+            pk_init(&k);
+            msgpack_pack_map(&k.p, 2);
+            pstr(&k.p, "id");
+            pstr(&k.p, "a");
+            switch (where) {
+            case 0: /* a known text */
+                pstr(&k.p, "source");
+                pstr(&k.p, bad[b]);
+                break;
+            case 1: /* an unknown key's value */
+                pstr(&k.p, "vendor_note");
+                pstr(&k.p, bad[b]);
+                break;
+            case 2: /* an unknown key itself */
+                pstr(&k.p, bad[b]);
+                msgpack_pack_int(&k.p, 1);
+                break;
+            case 3: /* inside contact */
+                pstr(&k.p, "contact");
+                msgpack_pack_map(&k.p, 1);
+                pstr(&k.p, "name");
+                pstr(&k.p, bad[b]);
+                break;
+            default: /* deep in an unknown array */
+                pstr(&k.p, "extra");
+                msgpack_pack_array(&k.p, 1);
+                msgpack_pack_array(&k.p, 2);
+                msgpack_pack_int(&k.p, 1);
+                pstr(&k.p, bad[b]);
+                break;
+            }
+            cr_assert_eq(dec(&k), -1, "bad string %zu at place %d was accepted", b, where);
+            cr_assert(strncmp(err, "invalid_utf8: ", 14) == 0, "string %zu at place %d: %s", b, where, err);
+            pk_done(&k);
+        }
+    }
+    /* Well-formed multi-byte text, and arbitrary bytes as bin, pass. */
+    struct pk k;
+    pk_init(&k);
+    msgpack_pack_map(&k.p, 3);
+    pstr(&k.p, "id");
+    pstr(&k.p, "a");
+    pstr(&k.p, "source");
+    pstr(&k.p, "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x8f\xa0");
+    pstr(&k.p, "blob");
+    msgpack_pack_bin(&k.p, 2);
+    msgpack_pack_bin_body(&k.p, "\xff\xfe", 2);
+    cr_assert_eq(dec(&k), 0, "%s", err);
+    pk_done(&k);
+}
+
 /* ---- types and ranges ----------------------------------------------- */
 
 Test(codec, bad_type_for_every_known_key)

@@ -308,14 +308,21 @@ static void row_cells(const struct row *x, char cell[ROW_CELLS][32])
 }
 
 /* A name safe for an aligned terminal table. */
-static void shown_name(const char *s, char *out, size_t len)
+/* A group name as shown (a source or campaign is the producer's text):
+ * control bytes become '?', and at most width bytes, "..." marking a cut. */
+static void shown_name_w(const char *s, char *out, size_t len, size_t width)
 {
     size_t n = 0;
-    for (; s[n] && n + 1 < len && n < REPORT_NAME_WIDTH; n++)
+    for (; s[n] && n + 1 < len && n < width; n++)
         out[n] = (unsigned char)s[n] < 0x20 || s[n] == 0x7f ? '?' : s[n];
     out[n] = 0;
     if (s[n] && n >= 3)
         memcpy(out + n - 3, "...", 3);
+}
+
+static void shown_name(const char *s, char *out, size_t len)
+{
+    shown_name_w(s, out, len, REPORT_NAME_WIDTH);
 }
 
 static void print_rows(enum report_by by, const struct row *rows, size_t n)
@@ -371,7 +378,9 @@ static void csv_rows(enum report_by by, const struct row *rows, size_t n)
         const struct row *x = &rows[k];
         char c[ROW_CELLS][32];
         row_cells(x, c);
-        csv_write_field(stdout, x->name, strlen(x->name), ',');
+        char name[1024];
+        shown_name_w(x->name, name, sizeof name, sizeof name - 1);
+        csv_write_field(stdout, name, strlen(name), ',');
         for (int i = 0; i < ROW_CELLS; i++)
             printf(",%s", strcmp(c[i], "-") == 0 ? "" : c[i]);
         printf("\r\n");
