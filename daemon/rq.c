@@ -30,6 +30,8 @@ extern const unsigned long lr_commit_lua_len;
 #define BACKOFF_MAX_MS 5000
 #define WATCH_MS 1000 /* the hung-server watchdog's tick */
 #define HUNG_MS 3000  /* a command unanswered this long (past a read's block time): the server hangs */
+#define CONNECT_MS 3000 /* a TCP connect not done this long is given up (hiredis 0.14 has no connect timeout) */
+#define STOP_MS 10000   /* SIGTERM: the longest we wait for the commits in flight (README: shutdown) */
 
 #define IFL_BUCKETS 4096
 
@@ -119,6 +121,7 @@ struct rq {
     bool failing;          /* commits fail: wait for fail_ev before sending again */
     int fail_ms;
     int64_t fail_logged_ms;
+    int64_t sync_logged_ms;  /* the last sync error said */
     struct event *recover_ev;
     bool recovering;       /* an XPENDING/XCLAIM round is under way (or the next one is due) */
     bool recover_more;     /* a recovery round comes before new input (the last was full, or Redis came up) */
@@ -146,6 +149,9 @@ struct rq {
     struct redo *redo_head, **redo_tail;
     int n_redo;
     int64_t heard_ms[2];    /* per connection (rd, wr): last reply, or idle since */
+    int64_t watch_last_ms;  /* the watchdog's last tick (a late one: the loop was busy) */
+    int64_t connect_ms[2];  /* per connection (rd, wr): when its connect began */
+    struct event *stop_ev;  /* the bound of a stop */
     unsigned long long scan_cursor; /* list mode: the SCAN for processing lists */
     bool list_recovering;
     int64_t trim_ms;        /* the last trim of the input stream */
@@ -387,6 +393,7 @@ static void update_in_flight(struct rq *q)
 static void read_next(struct rq *q);
 static void recover_round(struct rq *q);
 static void maybe_finish(struct rq *q);
+static void on_stop_bound(evutil_socket_t fd, short what, void *arg);
 static bool alloc_state(struct rq *q);
 static void on_commit(redisAsyncContext *ac, void *reply, void *priv);
 static void return_again(struct rq *q, struct entry *e);
@@ -1193,11 +1200,34 @@ static const char *const period_name[PERIOD_N] = {"hour", "day", "week", "month"
 struct sync_req {
     struct rq *q;
     uint64_t gen;
+    char key[200];      /* the key asked (MGET: the first), for the error report */
     uint32_t niche;     /* HGETALL of a rotation hash */
     uint32_t n;         /* MGET: the dealers asked, 4 counters each; LLEN: 1 */
     bool depth;         /* LLEN of one dealer's queue */
     uint32_t dealers[];
 };
+
+/* A sync reply that is an error: said with the key and the fix, at most
+ * every 5 s, and counted in stats; a key of the wrong type will not cure
+ * itself, so it stops the daemon (exit 2) instead of a silent retry loop. */
+static void sync_error(struct rq *q, const struct sync_req *sr, const redisReply *r, const char *want)
+{
+    if (!r || r->type != REDIS_REPLY_ERROR || q->exited || refused(q, r))
+        return;
+    q->st.errors++;
+    if (strncmp(r->str, "WRONGTYPE", 9) == 0) {
+        log_error("loading the pick state: %s is not a %s (%s): leadrouter keeps its %s there; delete or rename "
+                  "that key (or change `prefix`), then start again",
+                  sr->key, want, r->str, want);
+        finish(q, 2);
+        return;
+    }
+    int64_t now = mono_ms();
+    if (q->sync_logged_ms == 0 || now - q->sync_logged_ms > 5000) {
+        log_error("loading the pick state: %s: %s (nothing is routed until it loads; trying again)", sr->key, r->str);
+        q->sync_logged_ms = now;
+    }
+}
 
 static void sync_step(struct rq *q, struct sync_req *sr, bool ok)
 {
@@ -1222,6 +1252,7 @@ static void on_sync_caps(redisAsyncContext *ac, void *reply, void *priv)
     struct sync_req *sr = priv;
     redisReply *r = reply;
     bool ok = r && r->type == REDIS_REPLY_ARRAY && r->elements == (size_t)sr->n * PERIOD_N;
+    sync_error(q, sr, r, "string (a counter)");
     if (ok && sr->gen == q->sync_gen)
         for (uint32_t i = 0; i < sr->n; i++) {
             for (int p = 0; p < PERIOD_N; p++) {
@@ -1240,6 +1271,7 @@ static void on_sync_rr(redisAsyncContext *ac, void *reply, void *priv)
     struct sync_req *sr = priv;
     redisReply *r = reply;
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
+    sync_error(q, sr, r, "hash (the rotation state)");
     if (ok && sr->gen == q->sync_gen) {
         const struct rules_table *t = q->cfg->rules;
         for (size_t i = 0; i + 1 < r->elements; i += 2) {
@@ -1261,6 +1293,7 @@ static void on_depth(redisAsyncContext *ac, void *reply, void *priv)
     struct sync_req *sr = priv;
     redisReply *r = reply;
     bool ok = r && r->type == REDIS_REPLY_INTEGER;
+    sync_error(q, sr, r, "list (a dealer queue)");
     /* the refresh belongs to a table, the sync's request to a sync */
     bool current = sr->depth ? sr->gen == q->table_gen : sr->gen == q->sync_gen && q->syncing;
     if (ok && current && q->ubase) {
@@ -1299,6 +1332,7 @@ static bool send_depths(struct rq *q, bool periodic)
         size_t al[2] = {4, kl > 0 && (size_t)kl < sizeof key ? (size_t)kl : 0};
         ok = sr != NULL;
         if (ok) {
+            lr_copy(sr->key, sizeof sr->key, key, al[1]);
             sr->q = q;
             sr->gen = periodic ? q->table_gen : q->sync_gen;
             sr->n = 1;
@@ -1362,6 +1396,7 @@ static void start_sync(struct rq *q)
                 argv[nk] = k;
                 len[nk++] = kl > 0 && kl < 256 ? (size_t)kl : 0;
             }
+        snprintf(sr->key, sizeof sr->key, "MGET %.*s (%u counters)", (int)len[1], argv[1], sr->n * PERIOD_N);
         ok = sync_send(q, sr, on_sync_caps, (int)nk, argv, len);
         sr = NULL;
     }
@@ -1393,6 +1428,7 @@ static void start_sync(struct rq *q)
                 rr->q = q;
                 rr->gen = q->sync_gen;
                 rr->niche = ni;
+                lr_copy(rr->key, sizeof rr->key, key, al[1]);
                 ok = sync_send(q, rr, on_sync_rr, 2, av, al);
             }
         }
@@ -2082,13 +2118,20 @@ static void forget_conn(struct rq *q, bool is_wr)
  * safe; then the disconnect path reconnects. */
 static void drop_hung(struct rq *q, redisAsyncContext *ac, bool is_wr, int64_t silent)
 {
-    log_warn("redis: no reply on the %s connection for %lld ms (server hung?): dropping it and reconnecting",
-             is_wr ? "commit" : "read", (long long)silent);
     bool connected = (ac->c.flags & REDIS_CONNECTED) != 0;
+    if (connected)
+        log_warn("redis: no reply on the %s connection for %lld ms (server hung?): dropping it and reconnecting",
+                 is_wr ? "commit" : "read", (long long)silent);
+    else
+        log_warn("redis: the %s connection's connect has not completed in %lld ms: giving it up", is_wr ? "commit" : "read",
+                 (long long)silent);
     redisAsyncFree(ac); /* on_disconnect follows only for a connected context */
     if (!connected) {
         forget_conn(q, is_wr);
-        schedule_reconnect(q);
+        if (q->stopping)
+            maybe_finish(q);
+        else
+            schedule_reconnect(q);
     }
 }
 
@@ -2098,9 +2141,19 @@ static void on_watch(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct rq *q = arg;
     int64_t now = mono_ms();
+    /* A late tick means the loop itself was busy (a reload of a large
+     * config, a long sync): replies may be waiting unread in the socket,
+     * so this silence is ours, not the server's. Judge at the next tick. */
+    bool stalled = q->watch_last_ms && now - q->watch_last_ms > WATCH_MS + WATCH_MS / 2;
+    q->watch_last_ms = now;
     for (int w = 0; w < 2 && !q->exited; w++) {
         redisAsyncContext *ac = w ? q->wr : q->rd;
-        if (!ac || !ac->replies.head) { /* nothing awaited: idle is not hung */
+        if (ac && !(ac->c.flags & REDIS_CONNECTED) && !stalled) { /* still connecting */
+            if (now - q->connect_ms[w] > CONNECT_MS)
+                drop_hung(q, ac, w == 1, now - q->connect_ms[w]);
+            continue;
+        }
+        if (!ac || !ac->replies.head || stalled) { /* nothing awaited: idle is not hung */
             q->heard_ms[w] = now;
             continue;
         }
@@ -2141,7 +2194,6 @@ static void become_ready(struct rq *q)
         struct timeval tv = {0, RETURNS_POLL_MS * 1000};
         evtimer_add(q->returns_ev, &tv);
         on_recover_timer(-1, 0, q);
-        on_watch(-1, 0, q);
     }
     read_next(q);
 }
@@ -2217,11 +2269,11 @@ static void on_connect(const redisAsyncContext *ac, int status)
         /* hiredis frees the context after this callback; no disconnect
          * callback follows. */
         log_warn("redis connection failed: %s", ac->errstr);
-        if (is_wr)
-            q->wr = NULL;
+        forget_conn(q, is_wr);
+        if (q->stopping)
+            maybe_finish(q);
         else
-            q->rd = NULL;
-        schedule_reconnect(q);
+            schedule_reconnect(q);
         return;
     }
     if (!is_wr) {
@@ -2292,10 +2344,14 @@ static void connect_both(struct rq *q)
 {
     if (q->stopping || q->exited)
         return;
-    if (!q->wr)
+    if (!q->wr) {
         q->wr = connect_one(q);
-    if (!q->rd)
+        q->connect_ms[1] = mono_ms();
+    }
+    if (!q->rd) {
         q->rd = connect_one(q);
+        q->connect_ms[0] = mono_ms();
+    }
     if (!q->wr || !q->rd)
         schedule_reconnect(q);
     else if (q->ready)
@@ -2321,9 +2377,10 @@ struct rq *rq_new(struct event_base *base, const struct cfg *cfg, char *err, siz
     q->recover_ev = evtimer_new(base, on_recover_timer, q);
     q->watch_ev = evtimer_new(base, on_watch, q);
     q->fail_ev = evtimer_new(base, on_fail_timer, q);
+    q->stop_ev = evtimer_new(base, on_stop_bound, q);
     q->claim_ids = calloc(1024, sizeof *q->claim_ids);
     q->claim_deliveries = calloc(1024, sizeof *q->claim_deliveries);
-    if (!q->codec || !q->retry_ev || !q->returns_ev || !q->recover_ev || !q->watch_ev || !q->fail_ev || !q->claim_ids || !q->claim_deliveries) {
+    if (!q->codec || !q->retry_ev || !q->returns_ev || !q->recover_ev || !q->watch_ev || !q->fail_ev || !q->stop_ev || !q->claim_ids || !q->claim_deliveries) {
         rq_free(q);
         snprintf(err, errlen, "out of memory");
         return NULL;
@@ -2348,6 +2405,7 @@ void rq_start(struct rq *q, void (*on_ready)(void *), void (*on_exit)(void *, in
     q->ctx = ctx;
     q->started_ms = wall_ms();
     connect_both(q);
+    on_watch(-1, 0, q); /* connects have a deadline from the first one on */
 }
 
 static void maybe_finish(struct rq *q)
@@ -2363,11 +2421,28 @@ static void maybe_finish(struct rq *q)
     finish(q, 0);
 }
 
+/* A stop is bounded: after STOP_MS the commits still unanswered (Redis
+ * down, a connect hanging) are left pending for recovery, which the
+ * atomic commit makes safe, and the daemon exits. */
+static void on_stop_bound(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct rq *q = arg;
+    if (q->exited)
+        return;
+    log_warn("stopping: %d commits still unanswered after %d s: they stay pending for recovery", q->inflight,
+             STOP_MS / 1000);
+    finish(q, 0);
+}
+
 void rq_stop(struct rq *q)
 {
     if (q->stopping)
         return;
     q->stopping = true;
+    struct timeval tv = {STOP_MS / 1000, (STOP_MS % 1000) * 1000};
+    evtimer_add(q->stop_ev, &tv);
     evtimer_del(q->returns_ev);
     evtimer_del(q->retry_ev);
     evtimer_del(q->recover_ev);
@@ -2511,6 +2586,8 @@ void rq_free(struct rq *q)
         event_free(q->watch_ev);
     if (q->fail_ev)
         event_free(q->fail_ev);
+    if (q->stop_ev)
+        event_free(q->stop_ev);
     free(q->claim_ids);
     free(q->claim_deliveries);
     for (struct redo *r = q->redo_head, *nx; r; r = nx) {

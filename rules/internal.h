@@ -59,6 +59,7 @@ struct rules_classify {
     struct smap names;    /* exact niche name -> niche */
     struct smap sources;  /* lower-cased source -> niches (ascending) */
     struct smap keywords; /* lower-cased keyword -> niches (ascending) */
+    struct smap dealers;  /* dealer id -> dealer (load, reload and sync look ids up by the thousand) */
 };
 
 /* Territory hits collected for one lead: one verdict per dealer, in config

@@ -104,6 +104,11 @@ int rules_niche_find(const struct rules_table *t, const char *name, size_t len)
 
 int rules_dealer_find(const struct rules_table *t, const char *id, size_t len)
 {
+    if (t->compiled) {
+        uint32_t n;
+        const uint32_t *v = len <= SMAP_MAX_KEY ? smap_get(&t->cls->dealers, 0, id, len, &n) : NULL;
+        return v && n ? (int)v[0] : -1;
+    }
     for (uint32_t i = 0; i < t->n_dealers; i++)
         if (strlen(t->dealers[i].id) == len && memcmp(t->dealers[i].id, id, len) == 0)
             return (int)i;
@@ -140,6 +145,7 @@ static void classify_free(struct rules_classify *c)
     if (!c)
         return;
     smap_free(&c->names);
+    smap_free(&c->dealers);
     smap_free(&c->sources);
     smap_free(&c->keywords);
     free(c);
@@ -203,11 +209,13 @@ static const char *where_file(const struct rules_where *w)
 
 static int build_classify(struct rules_table *t)
 {
-    struct smap_builder names = {0}, sources = {0}, keywords = {0};
+    struct smap_builder names = {0}, sources = {0}, keywords = {0}, dealers = {0};
     t->cls = calloc(1, sizeof *t->cls);
     if (!t->cls)
         return -1;
     int rc = 0;
+    for (uint32_t i = 0; i < t->n_dealers && rc == 0; i++)
+        rc |= smap_builder_add(&dealers, 0, t->dealers[i].id, strlen(t->dealers[i].id), i);
     for (uint32_t i = 0; i < t->n_niches && rc == 0; i++) {
         const struct rules_niche *n = &t->niches[i];
         rc |= smap_builder_add(&names, 0, n->name, strlen(n->name), i);
@@ -217,10 +225,11 @@ static int build_classify(struct rules_table *t)
             rc |= smap_builder_add(&keywords, 0, n->keywords[k], strlen(n->keywords[k]), i);
     }
     if (rc || smap_build(&t->cls->names, &names) || smap_build(&t->cls->sources, &sources) ||
-        smap_build(&t->cls->keywords, &keywords)) {
+        smap_build(&t->cls->keywords, &keywords) || smap_build(&t->cls->dealers, &dealers)) {
         smap_builder_free(&names);
         smap_builder_free(&sources);
         smap_builder_free(&keywords);
+        smap_builder_free(&dealers);
         return -1;
     }
     return 0;

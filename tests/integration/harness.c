@@ -408,12 +408,18 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 #define H_PROXY_CONNS 64
 
-static volatile sig_atomic_t proxy_hang_req;
+static volatile sig_atomic_t proxy_hang_req, proxy_freeze_req;
 
 static void proxy_on_usr1(int sig)
 {
     (void)sig;
     proxy_hang_req = 1;
+}
+
+static void proxy_on_usr2(int sig)
+{
+    (void)sig;
+    proxy_freeze_req = 1;
 }
 
 /* Writes all of buf to fd (blocking); false on error. */
@@ -434,7 +440,11 @@ static bool write_all(int fd, const char *buf, size_t n)
 /* The proxy child: relays each accepted connection to 127.0.0.1:port.
  * SIGUSR1 hangs every connection open at that moment: it stays open but
  * nothing is relayed on it any more, in either direction, as with a server
- * that stopped answering; connections accepted later are relayed again. */
+ * that stopped answering; connections accepted later are relayed again.
+ * SIGUSR2 freezes the path: every connection is closed and nothing is
+ * accepted any more, with the listen queue shrunk and filled, so that a
+ * new connect's SYN is dropped and the connect hangs (as when a firewall
+ * or a dead route swallows the packets). */
 static void proxy_run(int lfd, int port) __attribute__((noreturn));
 static void proxy_run(int lfd, int port)
 {
@@ -447,8 +457,28 @@ static void proxy_run(int lfd, int port)
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = proxy_on_usr1;
     sigaction(SIGUSR1, &sa, NULL);
+    sa.sa_handler = proxy_on_usr2;
+    sigaction(SIGUSR2, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    bool frozen = false;
     for (;;) {
+        if (proxy_freeze_req && !frozen) {
+            frozen = true;
+            for (int i = 0; i < n; i++) {
+                close(c[i].a);
+                close(c[i].b);
+            }
+            n = 0;
+            listen(lfd, 0); /* a queue of one, filled by connects of our own */
+            struct sockaddr_in me;
+            socklen_t ml = sizeof me;
+            getsockname(lfd, (struct sockaddr *)&me, &ml);
+            for (int k = 0; k < 3; k++) {
+                int f = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+                if (f >= 0)
+                    (void)connect(f, (struct sockaddr *)&me, sizeof me); /* kept open, never accepted */
+            }
+        }
         if (proxy_hang_req) {
             proxy_hang_req = 0;
             for (int i = 0; i < n; i++)
@@ -456,7 +486,7 @@ static void proxy_run(int lfd, int port)
         }
         struct pollfd p[1 + 2 * H_PROXY_CONNS];
         int who[1 + 2 * H_PROXY_CONNS], np = 0;
-        p[np] = (struct pollfd){.fd = lfd, .events = POLLIN};
+        p[np] = (struct pollfd){.fd = frozen ? -1 : lfd, .events = POLLIN};
         who[np++] = -1;
         for (int i = 0; i < n; i++) {
             if (c[i].hung)
@@ -537,6 +567,12 @@ void h_proxy_hang(void)
 {
     cr_assert_gt(H.proxy_pid, 0, "no proxy");
     kill(H.proxy_pid, SIGUSR1);
+}
+
+void h_proxy_freeze(void)
+{
+    cr_assert_gt(H.proxy_pid, 0, "no proxy");
+    kill(H.proxy_pid, SIGUSR2);
 }
 
 /* ---- fixtures ------------------------------------------------------- */

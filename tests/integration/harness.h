@@ -102,9 +102,12 @@ const char *h_daemon_log_tail(int idx);
  * Redis: returns the port, for a daemon's config. h_proxy_hang makes every
  * connection open at that moment hang (held open, nothing relayed any
  * more: a server that stopped answering); connections made afterwards are
- * relayed. Stopped at teardown. */
+ * relayed. h_proxy_freeze closes every connection and stops accepting,
+ * with new connects left hanging (their SYNs dropped). Stopped at
+ * teardown. */
 int h_proxy_start(void);
 void h_proxy_hang(void);
+void h_proxy_freeze(void);
 
 /* ---- time and waiting ----------------------------------------------- */
 

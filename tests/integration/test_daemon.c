@@ -1045,3 +1045,20 @@ Test(daemon, more_pending_entries_than_one_fence_window)
     cr_assert_eq(dead_count(), 0);
     h_oracle();
 }
+
+/* A rotation hash of the wrong type: the sync failed and was retried at
+ * every read, silently, forever (nothing routed, nothing logged). Now the
+ * daemon names the key and the fix, and exits 2: it cannot cure itself. */
+Test(daemon, a_pick_state_key_of_the_wrong_type_is_named_and_exits_2)
+{
+    for (int tier = 0; tier <= 2; tier++)
+        h_cmd("SET %s:rr:solar:%d oops", H_PREFIX, tier);
+    struct h_lead l = ia_lead("WT-RR-1", 60);
+    h_send(&l, NULL, 0);
+    int d = h_daemon_start(h_config("stream", NULL, CONF_WEIGHTED_3_1));
+    cr_assert_eq(h_daemon_wait_exit(d, 10), 2, "a key that retrying cannot fix: exit 2");
+    const char *log = h_daemon_log_tail(d);
+    cr_assert_not_null(strstr(log, H_PREFIX ":rr:solar:"), "the log names the key:\n%s", log);
+    cr_assert_not_null(strstr(log, "delete or rename"), "the log says the fix:\n%s", log);
+    cr_assert_eq(h_int("LLEN %s:dealer:w3", H_PREFIX) + h_int("LLEN %s:dealer:w1", H_PREFIX), 0);
+}

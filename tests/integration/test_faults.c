@@ -456,6 +456,51 @@ Test(faults, hung_connection_is_dropped_by_the_watchdog)
     fault_oracle("hung_connection_is_dropped_by_the_watchdog");
 }
 
+/* The path to Redis freezes (connections cut, new connects' SYNs
+ * dropped) while leads flow: hiredis 0.14 has no connect timeout, so a
+ * reconnect hung in connect until the kernel gave up (~130 s), and
+ * SIGTERM then waited on it forever. Now a connect has a deadline of its
+ * own and a stop is bounded (10 s, README): the daemon exits 0, the leads
+ * it could not commit stay pending, and another daemon routes them once. */
+Test(faults, shutdown_is_bounded_while_a_connect_hangs)
+{
+    caps_watch();
+    int port = h_proxy_start();
+    const char *via_proxy = h_config_port(port, "stream", "batch = 10; claim_idle_ms = 1000;", CONF_FAULTS);
+    int d = h_daemon_start(via_proxy);
+    send_leads(2000);
+    H_WAIT(h_outcomes() >= 100, 15, "the daemon did not start routing");
+    h_proxy_freeze(); /* commits in flight lose their connection; the reconnect hangs */
+    size_t at_freeze = h_outcomes();
+    h_sleep_ms(500);
+    int64_t t0 = h_now_ms();
+    h_daemon_signal(d, SIGTERM);
+    cr_assert_eq(h_daemon_wait_exit(d, 30), 0, "SIGTERM while the path is frozen: exit 0\n%s", h_daemon_log_tail(d));
+    int64_t took = h_now_ms() - t0;
+    fprintf(stderr, "[faults] shutdown_bound: exited %lld ms after SIGTERM; %zu of 2000 routed at the freeze\n",
+            (long long)took, at_freeze);
+    cr_assert(took <= 12000, "the stop took %lld ms (bound: 10 s)\n%s", (long long)took, h_daemon_log_tail(d));
+    int d2 = h_daemon_start(h_config("stream", "batch = 10; claim_idle_ms = 1000;", CONF_FAULTS));
+    h_wait_drained(30);
+    h_daemon_stop(d2);
+    fault_oracle("shutdown_is_bounded_while_a_connect_hangs");
+}
+
+/* Without a stop: a connect that hangs is given up after its deadline and
+ * tried again, instead of waiting for the kernel's SYN timeout. */
+Test(faults, a_hanging_connect_is_given_up)
+{
+    int port = h_proxy_start();
+    int d = h_daemon_start(h_config_port(port, "stream", NULL, CONF_FAULTS));
+    send_leads(20);
+    h_wait_drained(15);
+    h_proxy_freeze();
+    H_WAIT(strstr(h_daemon_log_tail(d), "connect has not completed") != NULL, 10,
+           "a hanging connect was never given up:\n%s", h_daemon_log_tail(d));
+    h_daemon_stop(d);
+    fault_oracle("a_hanging_connect_is_given_up");
+}
+
 /* ---- 5. list mode: dead consumers ----------------------------------- */
 
 static long long processing_len(const char *consumer)
