@@ -442,8 +442,8 @@ static const char *norm_state(const char *in, char *buf, size_t len)
 
 static int parse_redis(struct loader *L, const config_setting_t *root)
 {
-    static const char *const keys[] = {"host",     "port", "socket",          "username",
-                                       "password", "db",   "startup_timeout", NULL};
+    static const char *const keys[] = {"host", "port",           "socket",         "username", "password",
+                                       "db",   "startup_timeout", "allow_eviction", NULL};
     char pathbuf[256];
     struct cfg *c = L->c;
     config_setting_t *g = NULL;
@@ -453,7 +453,8 @@ static int parse_redis(struct loader *L, const config_setting_t *root)
         get_str(L, g, "host", &host) < 0 || get_int(L, g, "port", 1, 65535, &port) < 0 ||
         get_str(L, g, "socket", &sock) < 0 || get_str(L, g, "username", &user) < 0 ||
         get_str(L, g, "password", &pass) < 0 || get_int(L, g, "db", 0, INT_MAX, &db) < 0 ||
-        get_int(L, g, "startup_timeout", 0, 3600, &timeout) < 0)
+        get_int(L, g, "startup_timeout", 0, 3600, &timeout) < 0 ||
+        get_bool(L, g, "allow_eviction", &c->redis.allow_eviction) < 0)
         return -1;
     if (sock[0] == '\0' && (host[0] == '\0' || strlen(host) > 255 || has_control(host)))
         return fail(L, member(g, "host"), "%s: must be a host name or address", PATH(member(g, "host")));

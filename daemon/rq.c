@@ -122,6 +122,10 @@ struct rq {
     int fail_ms;
     int64_t fail_logged_ms;
     int64_t sync_logged_ms;  /* the last sync error said */
+    int64_t setup_logged_ms; /* the last setup error said */
+    bool wr_setup_failed;    /* a setup command of this connection failed */
+    bool redis_loading;      /* ... because Redis is loading its data (LOADING) */
+    bool quiet_disconnect;   /* we closed it after a failed setup */
     struct event *recover_ev;
     bool recovering;       /* an XPENDING/XCLAIM round is under way (or the next one is due) */
     bool recover_more;     /* a recovery round comes before new input (the last was full, or Redis came up) */
@@ -227,7 +231,9 @@ static void schedule_reconnect(struct rq *q)
 {
     if (q->stopping || q->exited)
         return;
-    if (!q->was_ready && wall_ms() - q->started_ms > (int64_t)q->cfg->redis.startup_timeout * 1000) {
+    /* A Redis loading its data is reachable: it may take minutes. */
+    if (!q->was_ready && !q->redis_loading &&
+        wall_ms() - q->started_ms > (int64_t)q->cfg->redis.startup_timeout * 1000) {
         log_error("redis unreachable for %d s at start-up: giving up", q->cfg->redis.startup_timeout);
         finish(q, 2);
         return;
@@ -2211,11 +2217,41 @@ static void on_auth(redisAsyncContext *ac, void *reply, void *priv)
     }
 }
 
+/* The commit connection is up once every setup command has answered
+ * well; one that failed (Redis still loading its data, a refused command)
+ * drops the connection, and the reconnect (with backoff) tries again. */
 static void setup_done(struct rq *q)
 {
-    if (--q->wr_setup == 0) {
-        q->wr_up = true;
-        become_ready(q);
+    if (--q->wr_setup != 0 || !q->wr)
+        return;
+    if (q->wr_setup_failed) {
+        q->wr_setup_failed = false;
+        q->quiet_disconnect = true; /* said already */
+        redisAsyncDisconnect(q->wr); /* on_disconnect reconnects */
+        return;
+    }
+    q->redis_loading = false;
+    q->wr_up = true;
+    become_ready(q);
+}
+
+/* A setup command's error: a key of the wrong type will not cure itself
+ * (exit 2, naming it); anything else (LOADING, ...) is tried again. */
+static void setup_error(struct rq *q, const char *what, const redisReply *r)
+{
+    q->st.errors++;
+    if (strncmp(r->str, "WRONGTYPE", 9) == 0) {
+        log_error("redis: %s: %s: the key holds something else; delete or rename it (or change `prefix`)", what,
+                  r->str);
+        finish(q, 2);
+        return;
+    }
+    q->wr_setup_failed = true;
+    q->redis_loading = strncmp(r->str, "LOADING", 7) == 0;
+    int64_t now = mono_ms();
+    if (q->setup_logged_ms == 0 || now - q->setup_logged_ms > 5000) {
+        log_warn("redis: %s: %s: trying again", what, r->str);
+        q->setup_logged_ms = now;
     }
 }
 
@@ -2225,9 +2261,15 @@ static void on_group(redisAsyncContext *ac, void *reply, void *priv)
     redisReply *r = reply;
     if (refused(q, r))
         return;
-    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0)
-        log_error("creating the consumer group: %s", r->str);
-    if (priv)
+    bool failed = r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0;
+    if (!priv) { /* re-created after NOGROUP: the next read tells */
+        if (failed)
+            log_error("creating the consumer group: %s", r->str);
+        return;
+    }
+    if (failed)
+        setup_error(q, "creating the consumer group", r);
+    if (r && !q->exited)
         setup_done(q);
 }
 
@@ -2240,9 +2282,11 @@ static void on_script(redisAsyncContext *ac, void *reply, void *priv)
         return;
     if (r && r->type == REDIS_REPLY_STRING && r->len == 40)
         memcpy(q->sha, r->str, 41);
+    else if (r && r->type == REDIS_REPLY_ERROR)
+        setup_error(q, "loading the commit script", r);
     else if (r)
-        log_error("loading the commit script: %s", r->type == REDIS_REPLY_ERROR ? r->str : "bad reply");
-    if (r)
+        log_error("loading the commit script: an unexpected reply");
+    if (r && !q->exited)
         setup_done(q);
 }
 
@@ -2256,9 +2300,52 @@ static void on_time(redisAsyncContext *ac, void *reply, void *priv)
     if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
         int64_t redis_ms = strtoll(r->element[0]->str, NULL, 10) * 1000 + strtoll(r->element[1]->str, NULL, 10) / 1000;
         q->time_offset_ms = redis_ms - wall_ms();
+    } else if (r && r->type == REDIS_REPLY_ERROR) {
+        setup_error(q, "TIME", r);
     }
-    if (r)
+    if (r && !q->exited)
         setup_done(q);
+}
+
+/* The Redis settings leadrouter's guarantees rest on (README: Redis
+ * settings), read at every connect: a maxmemory-policy that evicts lets
+ * Redis delete cap counters, records, digests and pending leads, so it is
+ * refused (exit 2) unless redis.allow_eviction; no AOF is said. A Redis
+ * that does not let us read its config (CONFIG renamed, an ACL) is only
+ * warned about. */
+static void on_config_get(redisAsyncContext *ac, void *reply, void *priv)
+{
+    struct rq *q = heard(ac);
+    redisReply *r = reply;
+    const char *what = priv;
+    if (!r)
+        return;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 || r->element[1]->type != REDIS_REPLY_STRING) {
+        log_warn("redis: cannot read %s (%s): check it by hand (README: Redis settings)", what,
+                 r->type == REDIS_REPLY_ERROR ? r->str : "no such setting");
+        setup_done(q);
+        return;
+    }
+    const char *v = r->element[1]->str;
+    if (strcmp(what, "maxmemory-policy") == 0 && strcmp(v, "noeviction") != 0) {
+        if (q->cfg->redis.allow_eviction) {
+            log_warn("redis: maxmemory-policy is %s: Redis may evict cap counters, records and pending leads "
+                     "(redis.allow_eviction = true)",
+                     v);
+        } else {
+            log_error("redis: maxmemory-policy is %s: Redis may evict cap counters, records and pending leads, "
+                      "losing leads and exceeding caps; set it to noeviction (CONFIG SET maxmemory-policy "
+                      "noeviction, and in redis.conf), or redis.allow_eviction = true to run anyway",
+                      v);
+            finish(q, 2);
+            return;
+        }
+    } else if (strcmp(what, "appendonly") == 0 && strcmp(v, "yes") != 0) {
+        log_warn("redis: appendonly is %s: if Redis crashes, the commits since its last snapshot are lost "
+                 "(leads routed twice or not at all); appendonly yes is recommended (README: Redis settings)",
+                 v);
+    }
+    setup_done(q);
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
@@ -2284,6 +2371,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     const struct cfg *c = q->cfg;
     redisAsyncContext *w = q->wr;
     q->wr_setup = 2;
+    q->wr_setup_failed = false;
     redisAsyncCommandArgv(w, on_script, NULL, 3, (const char *[]){"SCRIPT", "LOAD", lr_commit_lua},
                           (const size_t[]){6, 4, lr_commit_lua_len});
     redisAsyncCommand(w, on_time, NULL, "TIME");
@@ -2293,6 +2381,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
     }
     q->wr_setup++;
     redisAsyncCommand(w, on_group, q, "XGROUP CREATE %s:returns %s 0 MKSTREAM", c->prefix, c->input.group);
+    q->wr_setup += 2;
+    redisAsyncCommand(w, on_config_get, (void *)"maxmemory-policy", "CONFIG GET maxmemory-policy");
+    redisAsyncCommand(w, on_config_get, (void *)"appendonly", "CONFIG GET appendonly");
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -2307,7 +2398,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         maybe_finish(q);
         return;
     }
-    log_warn("redis connection lost (%s): reconnecting", status == REDIS_OK ? "closed" : ac->errstr);
+    if (!q->quiet_disconnect)
+        log_warn("redis connection lost (%s): reconnecting", status == REDIS_OK ? "closed" : ac->errstr);
+    q->quiet_disconnect = false;
     schedule_reconnect(q);
 }
 

@@ -24,6 +24,7 @@ struct cfg {
         char *username, *password; /* NULL when empty (owned) */
         int db;
         int startup_timeout;     /* seconds */
+        bool allow_eviction;     /* run on a Redis whose maxmemory-policy evicts */
     } redis;
     struct {
         enum cfg_input_mode mode;

@@ -283,6 +283,10 @@ int h_free_port(void)
     return port;
 }
 
+/* Microseconds per key Redis waits while it loads its data at start
+ * (key-load-delay: a slow load, so that clients meet LOADING); 0 = none. */
+static int redis_load_delay_us;
+
 /* Connects to our redis-server and checks it is ours (INFO process_id):
  * after a port collision, another test's server may answer. */
 static redisContext *connect_own(int port, pid_t pid)
@@ -296,6 +300,8 @@ static redisContext *connect_own(int port, pid_t pid)
     redisSetTimeout(c, (struct timeval){5, 0});
     redisReply *r = redisCommand(c, "PING");
     bool ok = r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+    /* h_redis_restart_loading: up, and loading its data */
+    ok |= redis_load_delay_us > 0 && r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "LOADING", 7) == 0;
     freeReplyObject(r);
     if (ok) {
         r = redisCommand(c, "INFO server");
@@ -315,8 +321,9 @@ static redisContext *connect_own(int port, pid_t pid)
  * taken meanwhile), with the process reaped. */
 static bool redis_try_start_aof(int port, bool aof)
 {
-    char portstr[16], logfile[PATH_MAX], outfile[PATH_MAX];
+    char portstr[16], logfile[PATH_MAX], outfile[PATH_MAX], delay[16];
     snprintf(portstr, sizeof portstr, "%d", port);
+    snprintf(delay, sizeof delay, "%d", redis_load_delay_us);
     snprintf(logfile, sizeof logfile, "%s/redis.log", H.dir);
     snprintf(outfile, sizeof outfile, "%s/redis.out", H.dir);
     /* DEBUG (SLEEP) from loopback only: the fault suite hangs the server. */
@@ -324,7 +331,8 @@ static bool redis_try_start_aof(int port, bool aof)
     char *argv[] = {LR_REDIS_SERVER, "--port", portstr, "--bind", "127.0.0.1",
                     "--save", "", "--appendonly", aof ? "yes" : "no", "--appendfsync", "always",
                     "--dir", H.dir, "--logfile", logfile, "--daemonize", "no",
-                    "--enable-debug-command", "local", NULL};
+                    "--enable-debug-command", "local", "--key-load-delay", delay,
+                    "--loading-process-events-interval-bytes", "1024", NULL};
     /* clang-format on */
     pid_t pid = spawn(argv, outfile);
     int64_t end = h_now_ms() + H_REDIS_WAIT_MS;
@@ -386,6 +394,25 @@ void h_redis_start_again(bool aof)
         cr_assert(h_now_ms() < end, "redis-server did not come back on port %d (see %s/redis.log)", H.port, H.dir);
         h_sleep_ms(50);
     }
+}
+
+void h_redis_restart_loading(long keys, int load_delay_us)
+{
+    h_redis_enable_aof();
+    h_cmd("DEBUG POPULATE %ld lr-filler", keys);
+    h_cmd("BGREWRITEAOF");
+    int64_t end = h_now_ms() + 20000;
+    for (;;) {
+        redisReply *r = h_cmd("INFO persistence");
+        if (strstr(r->str, "aof_rewrite_in_progress:0") && strstr(r->str, "aof_rewrite_scheduled:0"))
+            break;
+        cr_assert(h_now_ms() < end, "the AOF rewrite did not finish within 20 s");
+        h_sleep_ms(20);
+    }
+    h_redis_kill9();
+    redis_load_delay_us = load_delay_us;
+    h_redis_start_again(true);
+    redis_load_delay_us = 0;
 }
 
 void h_redis_kill9_restart(int down_ms)

@@ -78,6 +78,10 @@ int h_daemon_wait_exit(int idx, double secs);
  * down for down_ms, and start it again on the same port from its AOF. */
 void h_redis_enable_aof(void);
 void h_redis_kill9_restart(int down_ms);
+/* Fills Redis with keys filler keys (AOF on, rewritten), kill -9 it and
+ * starts it again loading them slowly (load_delay_us per key): returns
+ * while it still answers LOADING to most commands. */
+void h_redis_restart_loading(long keys, int load_delay_us);
 /* The two halves of that: kill -9 the test's redis-server (h_redis() is
  * NULL until it is back), and start it again on the same port (with AOF
  * on or off; data survives only through the AOF). */

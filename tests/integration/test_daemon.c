@@ -1062,3 +1062,67 @@ Test(daemon, a_pick_state_key_of_the_wrong_type_is_named_and_exits_2)
     cr_assert_not_null(strstr(log, "delete or rename"), "the log says the fix:\n%s", log);
     cr_assert_eq(h_int("LLEN %s:dealer:w3", H_PREFIX) + h_int("LLEN %s:dealer:w1", H_PREFIX), 0);
 }
+
+/* A Redis that evicts (allkeys-lru under maxmemory) deleted cap counters,
+ * records and pending leads, silently: leads lost, caps doubled. The
+ * daemon now reads maxmemory-policy at every connect and refuses one that
+ * evicts (exit 2, naming the fix) unless redis.allow_eviction = true. */
+Test(daemon, an_evicting_redis_is_refused_unless_allowed)
+{
+    h_cmd("CONFIG SET maxmemory-policy allkeys-lru");
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BASIC));
+    cr_assert_eq(h_daemon_wait_exit(d, 10), 2, "maxmemory-policy allkeys-lru: exit 2");
+    cr_assert_not_null(strstr(h_daemon_log_tail(d), "noeviction"), "the log says the fix:\n%s",
+                       h_daemon_log_tail(d));
+
+    int d2 = h_daemon_start(h_config_redis(h_redis_port(), 30, "allow_eviction = true;", "stream", NULL, CONF_BASIC));
+    struct h_lead l = ia_lead("EV-1", 60);
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    cr_assert_eq(queue_len("d-ia"), 1, "allowed: it routes");
+    cr_assert_not_null(strstr(h_daemon_log_tail(d2), "allkeys-lru"), "and warns:\n%s", h_daemon_log_tail(d2));
+    h_daemon_stop(d2);
+    h_oracle();
+}
+
+/* The policy is read again at every reconnect: a Redis whose policy was
+ * changed to one that evicts (or a replica promoted with another config)
+ * stops the daemon at its next connect. */
+Test(daemon, an_evicting_policy_found_at_a_reconnect_stops_the_daemon)
+{
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BASIC));
+    struct h_lead l = ia_lead("EV-2", 60);
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    h_cmd("CONFIG SET maxmemory-policy volatile-ttl");
+    h_cmd("CLIENT KILL TYPE normal SKIPME yes");
+    cr_assert_eq(h_daemon_wait_exit(d, 15), 2, "an evicting policy at a reconnect: exit 2");
+    cr_assert_not_null(strstr(h_daemon_log_tail(d), "volatile-ttl"), "%s", h_daemon_log_tail(d));
+    h_oracle();
+}
+
+/* Redis still loading its data (LOADING) when the daemon connects: the
+ * setup commands were refused and the old code took that as success (no
+ * group, no script, errors logged). Now a failed setup is tried again
+ * (with backoff), said as a warning, and once Redis is up it routes. */
+Test(daemon, a_redis_still_loading_is_waited_for)
+{
+    h_redis_restart_loading(100000, 60); /* several seconds: longer than startup_timeout (5 s) */
+    redisReply *st = h_cmd("INFO persistence");
+    cr_assert_not_null(strstr(st->str, "loading:1"), "the test needs Redis loading now");
+    int d = h_daemon_start(h_config("stream", NULL, CONF_BASIC));
+    int64_t end = h_now_ms() + 20000;
+    while (strstr(h_cmd("INFO persistence")->str, "loading:1")) {
+        cr_assert(h_now_ms() < end, "Redis did not finish loading in 20 s");
+        h_sleep_ms(50);
+    }
+    struct h_lead l = ia_lead("LOAD-1", 60);
+    h_send(&l, NULL, 0);
+    h_wait_drained(15);
+    cr_assert_eq(queue_len("d-ia"), 1);
+    const char *log = h_daemon_log_tail(d);
+    cr_assert_not_null(strstr(log, "LOADING"), "the daemon says Redis was loading:\n%s", log);
+    cr_assert_null(strstr(log, "<3>"), "a loading Redis is not an error:\n%s", log);
+    h_daemon_stop(d);
+    h_oracle();
+}
