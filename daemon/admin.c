@@ -224,7 +224,29 @@ struct admin {
     ino_t ino;
     struct client *clients;
     int n_clients;
+    /* Connections, refusals and idle closes are said at most once a
+     * second each, with the number of those not said in between. */
+    struct said {
+        int64_t at_ms;
+        unsigned unsaid;
+    } said_conn, said_refused, said_idle;
 };
+
+/* true when the event may be logged now; *unsaid: how many were not. */
+static bool say_now(struct said *s, unsigned *unsaid)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t now = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    if (s->at_ms != 0 && now - s->at_ms < 1000) {
+        s->unsaid++;
+        return false;
+    }
+    *unsaid = s->unsaid;
+    s->at_ms = now;
+    s->unsaid = 0;
+    return true;
+}
 
 /* One command being run. */
 struct req {
@@ -1297,6 +1319,13 @@ static void client_free(struct client *c)
     free(c);
 }
 
+/* admin.idle_timeout of the config in force. */
+static int admin_idle_s(const struct admin *a)
+{
+    const struct cfg *cf = a->env.config ? a->env.config(a->env.ctx) : NULL;
+    return cf ? cf->admin.idle_timeout : 60;
+}
+
 /* Closes after the reply in the output buffer has gone out. */
 static void close_after_flush(struct client *c)
 {
@@ -1376,6 +1405,14 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct client *c = arg;
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) && !c->closing) {
+        unsigned unsaid;
+        if (say_now(&c->a->said_idle, &unsaid))
+            log_info("admin: closing client uid %d pid %d: silent for %d s (and %u others since the last one said)",
+                     c->uid, c->pid, admin_idle_s(c->a), unsaid);
+        client_free(c);
+        return;
+    }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR) && !c->closing) {
         /* A half-close (`echo stats | socat - UNIX:...`): answer what was
          * sent, then close. */
@@ -1399,7 +1436,11 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         uc.pid = -1;
     if (a->n_clients >= ADMIN_MAX_CLIENTS) {
         static const char msg[] = "ERR too many admin clients\n.\n";
-        log_warn("admin: refusing pid %d uid %d: %d clients already", (int)uc.pid, (int)uc.uid, a->n_clients);
+        unsigned unsaid;
+        if (say_now(&a->said_refused, &unsaid))
+            log_warn("admin: refusing pid %d uid %d: %d clients already (and %u others refused since the last one "
+                     "said)",
+                     (int)uc.pid, (int)uc.uid, a->n_clients, unsaid);
         ssize_t w = send(fd, msg, sizeof msg - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)w;
         evutil_closesocket(fd);
@@ -1422,8 +1463,15 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         a->clients->prev = c;
     a->clients = c;
     a->n_clients++;
-    log_info("admin: client connected: pid %d uid %d gid %d", (int)uc.pid, (int)uc.uid, (int)uc.gid);
+    unsigned unsaid;
+    if (say_now(&a->said_conn, &unsaid))
+        log_info("admin: client connected: pid %d uid %d gid %d (and %u other connections since the last one said)",
+                 (int)uc.pid, (int)uc.uid, (int)uc.gid, unsaid);
     bufferevent_setcb(bev, on_read, on_write, on_event, c);
+    /* A client silent this long (also one that sent half a line) goes, so
+     * idle clients cannot hold every place. */
+    struct timeval idle = {admin_idle_s(a), 0};
+    bufferevent_set_timeouts(bev, &idle, NULL);
     /* The input never holds more than one line and a byte: a longer line
      * is refused without reading the rest. */
     bufferevent_setwatermark(bev, EV_READ, 0, ADMIN_MAX_LINE + 1);

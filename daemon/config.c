@@ -16,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <stdbool.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "leadrouter/tzdb.h"
 
@@ -512,13 +515,16 @@ static int parse_prefix(struct loader *L, const config_setting_t *root)
 
 static int parse_admin(struct loader *L, const config_setting_t *root)
 {
-    static const char *const keys[] = {"socket", "mode", NULL};
+    static const char *const keys[] = {"socket", "mode", "idle_timeout", NULL};
     char pathbuf[256];
     config_setting_t *g = NULL;
     const char *sock = "/run/leadrouter/admin.sock", *mode = "0660";
+    int64_t idle = 60;
     if (get_group(L, root, "admin", &g) < 0 || check_keys(L, g, keys) < 0 ||
-        get_str(L, g, "socket", &sock) < 0 || get_str(L, g, "mode", &mode) < 0)
+        get_str(L, g, "socket", &sock) < 0 || get_str(L, g, "mode", &mode) < 0 ||
+        get_int(L, g, "idle_timeout", 1, 86400, &idle) < 0)
         return -1;
+    L->c->admin.idle_timeout = (int)idle;
     if (sock[0] == '\0' || strlen(sock) > CFG_SUN_PATH_MAX || has_control(sock))
         return fail(L, member(g, "socket"), "%s: must be a path of 1..%d bytes", PATH(member(g, "socket")),
                     CFG_SUN_PATH_MAX);
@@ -1142,12 +1148,31 @@ static int parse_main(struct loader *L, const config_setting_t *root)
 
 /* -------------------------------------------------------- reading files */
 
-/* Reads the whole file into a NUL-terminated buffer. 0, or an errno value. */
+/* Reads the whole file into a NUL-terminated buffer. 0, or an errno value
+ * (ENOTREG_: not a regular file: a FIFO would block `-t` and a reload
+ * until someone writes to it, a device forever). */
+#define ENOTREG_ (-1)
 static int read_text(const char *path, char **out, size_t *len)
 {
-    FILE *f = fopen(path, "re");
-    if (f == NULL)
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
         return errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        return ENOTREG_;
+    }
+    FILE *f = fdopen(fd, "r");
+    if (f == NULL) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
     size_t cap = 0, n = 0;
     char *buf = NULL;
     int rc = 0;
@@ -1354,6 +1379,8 @@ static int parse_file(struct loader *L, config_t *lc, bool allow_include)
     char *text = NULL;
     size_t len = 0;
     int e = read_text(L->file, &text, &len);
+    if (e == ENOTREG_)
+        return fail_line(L, 0, "not a regular file (a config file must be one)");
     if (e != 0)
         return fail_line(L, 0, "cannot read: %s", strerror(e));
     int rc = -1;

@@ -38,6 +38,7 @@ struct cfg {
     struct {
         char *socket;            /* owned */
         mode_t mode;
+        int idle_timeout;        /* seconds a client may stay silent */
     } admin;
     struct {
         int64_t record_ttl;      /* seconds */

@@ -1091,3 +1091,62 @@ Test(admin, metrics_parse_as_prometheus_text_format)
     h_daemon_stop(d);
     h_oracle();
 }
+
+/* 128 clients that sent half a line and went silent held every place
+ * forever, locking operators out; and each connect wrote a log line.
+ * Now a silent client is disconnected after admin.idle_timeout, and
+ * connects are logged at most once a second with a count. */
+Test(admin, idle_clients_are_dropped_and_connects_are_summarized)
+{
+    const char *conf = h_config("stream", NULL, CONF_WHY);
+    /* admin.idle_timeout = 4 in the harness's admin group */
+    FILE *f = fopen(conf, "r");
+    cr_assert_not_null(f);
+    char *text = keep(calloc(1, 1 << 16));
+    size_t n = fread(text, 1, (1 << 16) - 1, f);
+    fclose(f);
+    text[n] = 0;
+    char *at = strstr(text, "mode = \"0600\"; };");
+    cr_assert_not_null(at);
+    f = fopen(conf, "w");
+    cr_assert_not_null(f);
+    fprintf(f, "%.*smode = \"0600\"; idle_timeout = 4; };%s", (int)(at - text), text,
+            at + strlen("mode = \"0600\"; };"));
+    fclose(f);
+    const char *sock = socket_of(conf);
+    int d = h_daemon_start(conf);
+    wait_socket(sock);
+    int fds[128];
+    for (int i = 0; i < 128; i++) {
+        fds[i] = dial(sock, false);
+        cr_assert(fds[i] >= 0, "client %d could not connect", i);
+        cr_assert_eq(send(fds[i], "sta", 3, MSG_NOSIGNAL), 3);
+    }
+    /* The 129th is refused (it reads the refusal without sending). */
+    int extra = dial(sock, false);
+    cr_assert(extra >= 0);
+    char got[128] = "";
+    struct pollfd ep = {.fd = extra, .events = POLLIN};
+    cr_assert_eq(poll(&ep, 1, 3000), 1, "no answer to the 129th client");
+    cr_assert_gt(recv(extra, got, sizeof got - 1, 0), 0);
+    close(extra);
+    cr_assert_not_null(strstr(got, "too many admin clients"), "the 129th: %s", got);
+    /* Silent for longer than 4 s: they go, and an operator gets in. */
+    h_sleep_ms(4500);
+    H_WAIT(strstr(adm(sock, "stats"), "ERR") == NULL, 5, "idle clients still hold every place");
+    char b;
+    for (int i = 0; i < 128; i++) {
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        cr_assert_eq(poll(&p, 1, 2000), 1, "client %d was not disconnected", i);
+        cr_assert_leq(recv(fds[i], &b, 1, 0), 0, "client %d: closed, no reply to half a line", i);
+        close(fds[i]);
+    }
+    const char *log = h_daemon_log_tail(d);
+    int said = 0;
+    for (const char *p = log; (p = strstr(p, "client connected")) != NULL; p++)
+        said++;
+    cr_assert_leq(said, 15, "%d connect lines for ~135 connects in a few seconds:\n%s", said, log);
+    cr_assert_not_null(strstr(log, "other connections since"), "the others are counted:\n%s", log);
+    h_daemon_stop(d);
+    h_oracle();
+}

@@ -637,3 +637,18 @@ Test(config_bad, failure_leaves_out_untouched)
     cr_expect_eq(out, good);
     cfg_free(good);
 }
+
+/* A config path that is a FIFO blocked `-t` forever, and a SIGHUP reload
+ * stopped routing until someone wrote to it: the main file must be a
+ * regular file, as includes already must (a directory too is refused). */
+Test(config_bad, main_file_must_be_a_regular_file, .timeout = 10)
+{
+    char dir[] = "/tmp/lr-test-config-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char path[600];
+    snprintf(path, sizeof path, "%s/fifo.conf", dir);
+    cr_assert_eq(mkfifo(path, 0600), 0);
+    check_error_at(path, path, 0, "not a regular file", NULL);
+    check_error_at(dir, dir, 0, "not a regular file", NULL);
+    remove_tree(dir);
+}
