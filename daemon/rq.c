@@ -123,6 +123,9 @@ struct rq {
     int64_t fail_logged_ms;
     int64_t sync_logged_ms;  /* the last sync error said */
     int64_t setup_logged_ms; /* the last setup error said */
+    int64_t read_logged_ms;  /* the last read error said, and those since */
+    unsigned read_unsaid;
+    int read_fail_ms;        /* the pause before reading again while reads fail */
     bool wr_setup_failed;    /* a setup command of this connection failed */
     bool redis_loading;      /* ... because Redis is loading its data (LOADING) */
     bool quiet_disconnect;   /* we closed it after a failed setup */
@@ -1578,12 +1581,30 @@ static void on_read(redisAsyncContext *ac, void *reply, void *priv)
             redisAsyncCommand(q->wr, on_group, NULL, "XGROUP CREATE %s %s 0 MKSTREAM", q->inkey,
                               q->cfg->input.group);
         } else {
-            log_error("reading the input: %s", r->str);
+            /* e.g. OOM (list mode's take writes): said once per 10 s with
+             * a count, read again after a pause that grows while it lasts */
+            q->st.errors++;
+            int64_t now = mono_ms();
+            if (q->read_logged_ms == 0 || now - q->read_logged_ms > 10000) {
+                log_error("reading the input: %s (%u more since the last one said; trying again in %d ms)", r->str,
+                          q->read_unsaid, q->read_fail_ms ? q->read_fail_ms * 2 : 200);
+                q->read_logged_ms = now;
+                q->read_unsaid = 0;
+            } else {
+                q->read_unsaid++;
+            }
         }
-        struct timeval tv = {0, 200 * 1000};
+        q->read_fail_ms = q->read_fail_ms ? q->read_fail_ms * 2 : 200;
+        if (q->read_fail_ms > BACKOFF_MAX_MS)
+            q->read_fail_ms = BACKOFF_MAX_MS;
+        struct timeval tv = {q->read_fail_ms / 1000, (q->read_fail_ms % 1000) * 1000};
         evtimer_add(q->retry_ev, &tv); /* on_retry reads again */
         return;
     }
+    /* A read that answered: the pause ends (not list mode's empty take,
+     * which is followed by the blocking move that may be what fails). */
+    if (!(q->cfg->input.mode == INPUT_LIST && priv && r->type == REDIS_REPLY_ARRAY && r->elements == 0))
+        q->read_fail_ms = 0;
     bool list = q->cfg->input.mode == INPUT_LIST;
     struct batch *b = batch_get(q, list ? COMMIT_LIST : COMMIT_STREAM);
     int rc = b ? 0 : -1;

@@ -1126,3 +1126,37 @@ Test(daemon, a_redis_still_loading_is_waited_for)
     h_daemon_stop(d);
     h_oracle();
 }
+
+/* List mode under OOM: every take (a write) failed and the daemon said so
+ * five times a second, for ever. Now the reads back off and the error is
+ * said once per 10 s with a count; once Redis has memory, leads flow. */
+Test(daemon, list_mode_read_errors_back_off_and_are_said_once)
+{
+    h_cmd("CONFIG SET maxmemory-policy noeviction");
+    int d = h_daemon_start(h_config("list", NULL, CONF_BASIC));
+    struct h_lead l = ia_lead("LOOM-1", 60);
+    h_send(&l, NULL, 0);
+    h_wait_drained(10);
+    h_sleep_ms(200);
+    h_cmd("CONFIG SET maxmemory 1");
+    h_cmd("CONFIG RESETSTAT");
+    h_sleep_ms(3000);
+    redisReply *st = h_cmd("INFO commandstats");
+    h_cmd("CONFIG SET maxmemory 0");
+    const char *log = h_daemon_log_tail(d);
+    int said = 0;
+    for (const char *p = log; (p = strstr(p, "reading the input")) != NULL; p++)
+        said++;
+    cr_assert_leq(said, 1, "read errors said %d times in 3 s:\n%s", said, log);
+    const char *ev = strstr(st->str, "cmdstat_eval:calls=");
+    long long takes = ev ? atoll(ev + strlen("cmdstat_eval:calls=")) : 0;
+    const char *bl = strstr(st->str, "cmdstat_blmove:calls=");
+    takes += bl ? atoll(bl + strlen("cmdstat_blmove:calls=")) : 0;
+    cr_assert_leq(takes, 8, "%lld takes in 3 s of OOM: no backoff\n%s", takes, st->str);
+    struct h_lead l2 = ia_lead("LOOM-2", 60);
+    h_send(&l2, NULL, 0);
+    h_wait_drained(15);
+    cr_assert_eq(queue_len("d-ia"), 2);
+    h_daemon_stop(d);
+    h_oracle();
+}
