@@ -825,19 +825,60 @@ void commit_seen_keys(const struct cfg *c, int64_t now_ms, char *cur, char *prev
     *expireat = (idx + 2) * w;
 }
 
+/* Calling codes for the national form of a number (E.164 needs the
+ * country): ISO country, code, and whether the national trunk '0' stays
+ * in the international form (Italy's does). Countries not listed keep
+ * their digits as given. NANP (US, CA) is handled apart. */
+static const struct {
+    char iso[3];
+    char code[4];
+    bool keep0;
+} calling_codes[] = {
+    {"AR", "54", false},  {"AT", "43", false}, {"AU", "61", false}, {"BE", "32", false},
+    {"BR", "55", false},  {"CH", "41", false}, {"CL", "56", false}, {"CO", "57", false},
+    {"CZ", "420", false}, {"DE", "49", false}, {"DK", "45", false}, {"ES", "34", false},
+    {"FI", "358", false}, {"FR", "33", false}, {"GB", "44", false}, {"GR", "30", false},
+    {"HU", "36", false},  {"IE", "353", false}, {"IL", "972", false}, {"IN", "91", false},
+    {"IT", "39", true},   {"JP", "81", false}, {"MX", "52", false}, {"NL", "31", false},
+    {"NO", "47", false},  {"NZ", "64", false}, {"PH", "63", false}, {"PL", "48", false},
+    {"PT", "351", false}, {"RO", "40", false}, {"SE", "46", false}, {"SG", "65", false},
+    {"TR", "90", false},  {"ZA", "27", false},
+};
+
 size_t commit_norm_phone(struct lr_str in, const char *country, char *out, size_t cap)
 {
-    size_t o = 0;
-    for (uint32_t i = 0; i < in.len && o + 2 < cap; i++)
+    char d[64];
+    size_t n = 0;
+    bool plus = false;
+    for (uint32_t i = 0; i < in.len && n + 1 < sizeof d; i++) {
         if (in.p[i] >= '0' && in.p[i] <= '9')
-            out[o++] = in.p[i];
-    out[o] = 0;
-    if (o == 10 && country && (strcasecmp(country, "US") == 0 || strcasecmp(country, "CA") == 0)) {
-        memmove(out + 1, out, o + 1);
-        out[0] = '1';
-        o++;
+            d[n++] = in.p[i];
+        else if (in.p[i] == '+' && n == 0)
+            plus = true;
     }
-    return o;
+    d[n] = 0;
+    const char *cc = "", *body = d;
+    bool nanp = country && (strcasecmp(country, "US") == 0 || strcasecmp(country, "CA") == 0);
+    if (plus || n == 0) {
+        /* international already */
+    } else if (nanp) {
+        if (strncmp(d, "011", 3) == 0)
+            body = d + 3; /* NANP's international prefix */
+        else if (n == 10)
+            cc = "1";
+    } else if (strncmp(d, "00", 2) == 0) {
+        body = d + 2; /* the international prefix of most countries */
+    } else {
+        for (size_t k = 0; country && k < sizeof calling_codes / sizeof calling_codes[0]; k++)
+            if (strcasecmp(country, calling_codes[k].iso) == 0) {
+                cc = calling_codes[k].code;
+                if (d[0] == '0' && !calling_codes[k].keep0)
+                    body = d + 1; /* the national trunk prefix */
+                break;
+            }
+    }
+    int w = snprintf(out, cap, "%s%s", cc, body);
+    return w < 0 ? 0 : (size_t)w < cap ? (size_t)w : cap - 1;
 }
 
 size_t commit_norm_email(struct lr_str in, char *out, size_t cap)

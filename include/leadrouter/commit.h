@@ -123,9 +123,12 @@ bool commit_seen_parse(const char *v, size_t len, char *dealer, size_t cap, int6
 /* The dedup bucket keys for now (cur, prev) and when cur may expire. */
 void commit_seen_keys(const struct cfg *c, int64_t now_ms, char *cur, char *prev, size_t cap, int64_t *expireat);
 
-/* Digest inputs (no contact data leaves the daemon): the phone's digits, a
- * leading 1 added to 10 digits when the country is US or CA; the e-mail
- * lower-cased and trimmed. */
+/* Digest inputs (no contact data leaves the daemon): the phone in E.164
+ * digits (README: do-not-call): '+' or an international prefix (00, or
+ * 011 in US/CA) means international; otherwise the number is national to
+ * country (the config's default): US/CA add 1 to 10 digits, listed
+ * countries drop the trunk 0 and add their calling code, others keep the
+ * digits; the e-mail lower-cased and trimmed. */
 size_t commit_norm_phone(struct lr_str in, const char *country, char *out, size_t cap);
 size_t commit_norm_email(struct lr_str in, char *out, size_t cap);
 /* Lowercase hex SHA-1 (41 bytes with the NUL) of prefix then s. */
