@@ -36,6 +36,8 @@ static struct cfg *cfg;
 static struct rules_scratch *scratch;
 static struct codec_lead *codec;
 static int64_t *rr; /* the rotation as the test's "daemon" sees it */
+static redisReply *replies[16]; /* of run(), freed by unload() */
+static int n_replies;
 
 static void load(void)
 {
@@ -50,6 +52,9 @@ static void load(void)
 
 static void unload(void)
 {
+    for (int i = 0; i < n_replies; i++)
+        freeReplyObject(replies[i]);
+    n_replies = 0;
     free(rr);
     codec_lead_free(codec);
     rules_scratch_free(scratch);
@@ -129,6 +134,8 @@ static redisReply *run(struct commit_args *a)
     a->len[2] = 1;
     redisReply *r = redisCommandArgv(h_redis(), (int)a->argc, a->argv, a->len);
     cr_assert_not_null(r, "no reply");
+    cr_assert_lt(n_replies, 16);
+    replies[n_replies++] = r;
     cr_assert_neq(r->type, REDIS_REPLY_ERROR, "script error: %s", r->str);
     cr_assert_eq(r->type, REDIS_REPLY_ARRAY);
     cr_assert_eq(r->elements, 4, "reply: {codes, why, counters, rotation}");
